@@ -1,0 +1,82 @@
+"""`lightning-mf`: LightningCLI's trainer verbs plus the project's tools, behind one console script.
+
+``fit``/``validate``/``test``/``predict`` go to LightningCLI (subclass mode, so every YAML names its
+LightningModule by ``class_path``); tools (``shards`` ...) are plain functions run by jsonargparse. LightningCLI
+cannot host extra subcommands (it maps each one to a Trainer method), hence this small router.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+
+import lightning as L
+from jsonargparse import auto_cli
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_mf.data.datamodule import AVDataModule
+from lightning_mf.tools import shards
+
+__all__ = ["main", "run", "MFLightningCLI"]
+
+TRAINER_VERBS = ("fit", "validate", "test", "predict")
+
+
+TOOLS: dict[str, dict[str, Callable[..., object]]] = {
+    "shards": {"synthetic": shards.synthetic, "folder": shards.folder, "inspect": shards.inspect},
+}
+TOOL_HELP = {"shards": "write WebDataset shards (synthetic | folder) and inspect them"}
+
+
+class MFLightningCLI(LightningCLI):
+    """The project's LightningCLI: any LightningModule by ``class_path``, :class:`AVDataModule` as data."""
+
+
+def _usage() -> str:
+    lines = [
+        "usage: lightning-mf {fit,validate,test,predict," + ",".join(TOOL_HELP) + "} ...",
+        "",
+        "Mutual Forcing: fast autoregressive generation of a talking character's video and voice together.",
+        "",
+        "training (LightningCLI; `lightning-mf fit --help`, configs via --config configs/tiny/<stage>.yaml):",
+        "  fit           train a model",
+        "  validate      run one validation pass",
+        "  test          run one test pass",
+        "  predict       write samples from a checkpoint",
+        "",
+        "tools (`lightning-mf <tool> --help`):",
+    ]
+    lines += [f"  {name:<13} {text}" for name, text in TOOL_HELP.items()]
+    return "\n".join(lines)
+
+
+def _dashes_to_underscores(args: list[str]) -> list[str]:
+    """Accept ``--num-clips`` as well as jsonargparse's ``--num_clips``."""
+    out = []
+    for arg in args:
+        match = re.fullmatch(r"(--[A-Za-z0-9_.-]+)(=.*)?", arg, flags=re.S)
+        out.append(match.group(1).replace("-", "_").replace("__", "--", 1) + (match.group(2) or "") if match else arg)
+    return out
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the console script (which exits with what this returns, so it returns None)."""
+    run(sys.argv[1:] if args is None else args)
+
+
+def run(args: list[str]) -> object:
+    """Run a command in-process and return its result (tool output, or the LightningCLI object)."""
+    args = list(args)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return None
+    if args[0] in TOOLS:
+        return auto_cli(TOOLS, args=_dashes_to_underscores(args), prog="lightning-mf")
+    if args[0] in TRAINER_VERBS:
+        return MFLightningCLI(
+            L.LightningModule, AVDataModule, subclass_mode_model=True, args=args,
+            save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "lightning-mf"},
+        )
+    print(_usage(), file=sys.stderr)
+    raise SystemExit(f"lightning-mf: unknown command {args[0]!r}")

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny synthetic shards written once per session, and the clips they came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lightning_mf.data.clip import Clip
+from lightning_mf.data.shards import ShardSummary, synthetic_sources, write_shards
+from lightning_mf.data.synthetic import PRESETS
+from lightning_mf.spec import AVSpec
+
+TINY_CLIPS = 12
+
+
+def tiny_summary() -> ShardSummary:
+    spec = PRESETS["tiny"].spec
+    return ShardSummary(
+        fps=spec.fps, sample_rate=spec.sample_rate, height=spec.height, width=spec.width,
+        clip_seconds=PRESETS["tiny"].clip_seconds, origin="tests",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> AVSpec:
+    return PRESETS["tiny"].spec
+
+
+@pytest.fixture(scope="session")
+def tiny_clips() -> dict[str, Clip]:
+    """The clips behind ``tiny_shards``, by key."""
+    clips = [clip for source in synthetic_sources("tiny", TINY_CLIPS, seed=7) for clip in source.clips()]
+    return {clip.key: clip for clip in clips}
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 tiny clips, 4 held out, at most 2 clips per shard (so 4 train shards and 2 val shards)."""
+    out = tmp_path_factory.mktemp("tiny_shards")
+    write_shards(synthetic_sources("tiny", TINY_CLIPS, seed=7), out, tiny_summary(), val_fraction=1 / 3, max_clips_per_shard=2, progress=False)
+    return out
