@@ -35,7 +35,7 @@ class SyntheticPreset:
 PRESETS: dict[str, SyntheticPreset] = {
     "tiny": SyntheticPreset(spec=AVSpec(), clip_seconds=2.0),
     "small": SyntheticPreset(
-        spec=AVSpec(fps=25, sample_rate=16000, height=64, width=64, frames_per_chunk=4, mel_hop=160), clip_seconds=5.0
+        spec=AVSpec(fps=25, sample_rate=16000, height=64, width=64, frames_per_chunk=5, mel_hop=160), clip_seconds=5.0
     ),
 }
 

@@ -37,7 +37,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_presets_match_the_design() -> None:
     assert TINY.spec == AVSpec() and TINY.clip_seconds == 2.0
-    assert SMALL.spec == AVSpec(fps=25, sample_rate=16000, height=64, width=64, frames_per_chunk=4, mel_hop=160)
+    assert SMALL.spec == AVSpec(fps=25, sample_rate=16000, height=64, width=64, frames_per_chunk=5, mel_hop=160)  # 125 frames = 25 chunks
     assert SMALL.clip_seconds == 5.0
     assert VOWELS == ("a", "e", "i", "o", "u")
 
