@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["AVBatch", "AVWindow"]
+__all__ = ["AVBatch", "AVWindow", "Cond", "token_id"]
 
 
 @dataclass
@@ -52,3 +53,52 @@ class AVBatch:
         """Called by the DataLoader when ``pin_memory=True``."""
         self.video, self.audio, self.start_frame = self.video.pin_memory(), self.audio.pin_memory(), self.start_frame.pin_memory()
         return self
+
+
+def token_id(token: str, vocab_size: int) -> int:
+    """Stable id in 1..vocab_size of a transcript token (crc32: Python's own hash is salted per process)."""
+    return 1 + zlib.crc32(token.encode()) % vocab_size
+
+
+@dataclass
+class Cond:
+    """Timestamped transcript tokens for cross-attention (METHOD §3 "Conditioning").
+
+    Column 0 is the null token (id 0, time 0), always valid, so a row whose transcript is dropped for
+    classifier-free guidance attends to the null token alone.
+    """
+
+    ids: Tensor  # (B, T) long; 0 = null, 1..vocab_size = hashed tokens
+    time: Tensor  # (B, T) float; token midpoint in seconds from the window start
+    mask: Tensor  # (B, T) bool; valid tokens
+
+    @staticmethod
+    def null(batch: int, device: torch.device | str | None = None) -> Cond:
+        return Cond(
+            ids=torch.zeros(batch, 1, dtype=torch.long, device=device),
+            time=torch.zeros(batch, 1, device=device),
+            mask=torch.ones(batch, 1, dtype=torch.bool, device=device),
+        )
+
+    @staticmethod
+    def from_transcripts(transcripts: list[list[dict[str, Any]]], vocab_size: int, device: torch.device | str | None = None) -> Cond:
+        """Pad ``[{"token", "start", "end"}, ...]`` per row (times relative to the window start) into tensors."""
+        width = 1 + max((len(t) for t in transcripts), default=0)
+        ids = torch.zeros(len(transcripts), width, dtype=torch.long)
+        time = torch.zeros(len(transcripts), width)
+        mask = torch.zeros(len(transcripts), width, dtype=torch.bool)
+        mask[:, 0] = True
+        for row, entries in enumerate(transcripts):
+            for col, entry in enumerate(entries, start=1):
+                ids[row, col] = token_id(str(entry["token"]), vocab_size)
+                time[row, col] = (float(entry["start"]) + float(entry["end"])) / 2
+                mask[row, col] = True
+        return Cond(ids.to(device), time.to(device), mask.to(device))
+
+    def drop(self, keep: Tensor) -> Cond:
+        """Rows where ``keep`` (B,) is False lose their transcript (condition dropout for CFG)."""
+        mask = self.mask & (keep[:, None] | (torch.arange(self.mask.shape[1], device=self.mask.device) == 0))
+        return Cond(self.ids, self.time, mask)
+
+    def unconditional(self) -> Cond:
+        return self.drop(torch.zeros(self.ids.shape[0], dtype=torch.bool, device=self.ids.device))

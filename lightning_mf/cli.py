@@ -32,6 +32,9 @@ TOOL_HELP = {"shards": "write WebDataset shards (synthetic | folder) and inspect
 class MFLightningCLI(LightningCLI):
     """The project's LightningCLI: any LightningModule by ``class_path``, :class:`AVDataModule` as data."""
 
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.spec", "model.init_args.spec")  # the time axis is written once, under data
+
 
 def _usage() -> str:
     lines = [

@@ -6,20 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_CLIPS, tiny_summary
+
 from lightning_mf.data.clip import Clip
-from lightning_mf.data.shards import ShardSummary, synthetic_sources, write_shards
+from lightning_mf.data.shards import synthetic_sources, write_shards
 from lightning_mf.data.synthetic import PRESETS
 from lightning_mf.spec import AVSpec
-
-TINY_CLIPS = 12
-
-
-def tiny_summary() -> ShardSummary:
-    spec = PRESETS["tiny"].spec
-    return ShardSummary(
-        fps=spec.fps, sample_rate=spec.sample_rate, height=spec.height, width=spec.width,
-        clip_seconds=PRESETS["tiny"].clip_seconds, origin="tests",
-    )
 
 
 @pytest.fixture(scope="session")

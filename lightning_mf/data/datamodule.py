@@ -122,6 +122,14 @@ class AVDataModule(L.LightningDataModule):
                     f"data.spec.{field}={want} but the shards in {self.root} were written with {field}={have} "
                     f"({where}); set data.spec.{field}: {have} or rewrite the shards at {field}={want}"
                 )
+        frames = index["frames_per_clip"]
+        if frames % spec.frames_per_chunk:
+            divisors = [d for d in range(1, frames + 1) if frames % d == 0]
+            near = sorted(divisors, key=lambda d: abs(d - spec.frames_per_chunk))[:3]
+            raise ValueError(
+                f"data.spec.frames_per_chunk={spec.frames_per_chunk} does not divide the {frames}-frame clips in "
+                f"{self.root}, so a whole clip is not a whole number of chunks; use one of {sorted(near)}"
+            )
         if self.window_frames > index["frames_per_clip"]:
             fit = index["frames_per_clip"] // spec.frames_per_chunk
             raise ValueError(
@@ -147,6 +155,10 @@ class AVDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """The held-out split (shards have train and val only)."""
+        return self._loader("val")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Held-out windows: their first frames and transcripts condition generation."""
         return self._loader("val")
 
     @property

@@ -157,6 +157,8 @@ def test_setup_checks_the_index_against_the_config(tiny_shards: Path, tmp_path: 
         _datamodule(tiny_shards, spec=AVSpec(fps=25, mel_hop=160))
     with pytest.raises(ValueError, match=r"data.spec.height=64 .* height=32"):
         _datamodule(tiny_shards, spec=AVSpec(height=64, width=64))
+    with pytest.raises(ValueError, match=r"data.spec.frames_per_chunk=3 does not divide the 32-frame clips .*\[1, 2, 4\]"):
+        _datamodule(tiny_shards, spec=AVSpec(frames_per_chunk=3))
     with pytest.raises(ValueError, match=r"data.window_chunks=17 \(34 frames\) is longer than the clips .*<= 16"):
         _datamodule(tiny_shards, window_chunks=17)
     with pytest.raises(FileNotFoundError, match="does not exist.*lightning-mf shards"):

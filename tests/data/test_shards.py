@@ -11,7 +11,7 @@ from lightning_mf.data.media import decode_mp4, decode_wav, encode_mp4, encode_w
 from lightning_mf.data.shards import INDEX_NAME, ShardSummary, Source, assign_splits, folder_sources, read_index, write_shards
 from lightning_mf.tools import shards as shards_tool
 
-from conftest import TINY_CLIPS, tiny_summary
+from helpers import TINY_CLIPS, tiny_summary
 
 
 def _read_all(out: Path) -> dict[str, dict]:

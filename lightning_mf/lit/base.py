@@ -1,0 +1,185 @@
+"""FlowModule: what every training stage shares (codecs, net, EMA, optimizer, clipping, conditioning, prediction)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from lightning_mf.batch import AVBatch, Cond
+from lightning_mf.data.media import encode_mp4, encode_wav
+from lightning_mf.flow import grid
+from lightning_mf.models.tower import Tower, TowerConfig
+from lightning_mf.models.transformer import AVTransformer, Tokens
+from lightning_mf.sampling.samplers import integrate
+from lightning_mf.sampling.streaming import stream
+from lightning_mf.sequence import AVSequencer
+from lightning_mf.spec import AVSpec
+
+__all__ = ["CodecConfig", "FlowModule", "SamplerConfig", "paper_adamw"]
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Token codecs (``lightning_mf.codecs``).
+
+    Args:
+        patch: video patch side in pixels.
+        tubelet: video frames per token (divides ``spec.frames_per_chunk``).
+        n_mels: mel bands of the audio tokens.
+        n_fft: FFT size of the mel spectrogram.
+    """
+
+    patch: int = 8
+    tubelet: int = 2
+    n_mels: int = 32
+    n_fft: int = 1024
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Multi-mode sampling for ``predict`` (METHOD §5): Euler or Heun with CFG on a shifted grid, streamed.
+
+    Args:
+        steps: integration steps per chunk.
+        shift: timestep shift of the grid.
+        cfg_scale: classifier-free guidance scale (1 = no guidance; a CFG step costs 2 evaluations).
+        heun: Heun (2nd order) instead of Euler.
+        window: chunks kept in the KV cache besides the first-frame sink (None = all).
+        ctx_s: noise level at which generated chunks are written to the cache.
+        seed: seed of the initial noise.
+        use_ema: sample with the EMA weights.
+    """
+
+    steps: int = 50
+    shift: float = 3.0
+    cfg_scale: float = 3.0
+    heun: bool = False
+    window: int | None = None
+    ctx_s: float = 0.0
+    seed: int = 0
+    use_ema: bool = True
+
+
+def paper_adamw(params: Any) -> torch.optim.Optimizer:
+    """AdamW with the paper's settings (METHOD §4): lr 5e-5, betas (0.9, 0.95), weight decay 0.02."""
+    return torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.95), weight_decay=0.02)
+
+
+class FlowModule(L.LightningModule):
+    """Base of every stage. Subclasses implement ``training_step``/``validation_step``.
+
+    Args:
+        modalities: the towers this model has.
+        spec: rates and sizes (linked from ``data.spec`` by the CLI).
+        tower: size of each tower.
+        codec: token codecs.
+        sampler: Multi-mode sampling used by ``predict``.
+        optimizer: optimizer factory (``class_path``/``init_args`` in YAML); default: the paper's AdamW.
+        grad_clip: gradient norm clip (None = off).
+        ema_decay: decay of the weight EMA kept as a submodule (saved with checkpoints; None = off).
+        cfg_dropout: probability of dropping the transcript of a training window (enables CFG).
+        predict_dir: where ``predict`` writes mp4/wav files (default: ``<trainer log dir>/predictions``).
+    """
+
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        spec: AVSpec = AVSpec(),
+        tower: TowerConfig = TowerConfig(),
+        codec: CodecConfig = CodecConfig(),
+        sampler: SamplerConfig = SamplerConfig(),
+        optimizer: OptimizerCallable = paper_adamw,
+        grad_clip: float | None = 0.5,
+        ema_decay: float | None = 0.999,
+        cfg_dropout: float = 0.1,
+        predict_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if not 0.0 <= cfg_dropout < 1.0:
+            raise ValueError(f"model.cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        self.spec, self.tower_config, self.sampler = spec, tower, sampler
+        self.optimizer, self.grad_clip, self.ema_decay, self.cfg_dropout = optimizer, grad_clip, ema_decay, cfg_dropout
+        self.predict_dir = predict_dir
+        self.seq = AVSequencer(spec, modalities, **asdict(codec))
+        self.net = AVTransformer({m: Tower(self.seq.token_dim(m), tower) for m in self.seq.modalities})
+        self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay is not None else None
+
+    # --------------------------------------------------------------------------------------- optimisation
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.net.parameters())
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
+        """The module's ``grad_clip`` applies in every stage (manual-optimisation stages call it themselves)."""
+        clip = gradient_clip_val if gradient_clip_val is not None else self.grad_clip
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.ema is not None:
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1.0 - self.ema_decay)
+
+    # --------------------------------------------------------------------------------------- conditioning
+
+    def condition(self, batch: AVBatch, dropout: float = 0.0) -> Cond:
+        """The windows' transcripts as a :class:`Cond`, each dropped with probability ``dropout`` (CFG)."""
+        cond = Cond.from_transcripts([m["transcript"] for m in batch.meta], self.tower_config.vocab_size, self.device)
+        if dropout > 0:
+            cond = cond.drop(torch.rand(batch.size, device=self.device) >= dropout)
+        return cond
+
+    def prefix(self, batch: AVBatch) -> dict[str, Tokens]:
+        """The first frame of each window as the clean prefix chunk (video towers only)."""
+        return self.seq.prefix(batch.video[:, 0])
+
+    # --------------------------------------------------------------------------------------- sampling
+
+    def generate(self, batch: AVBatch, num_chunks: int | None = None, sampler: SamplerConfig | None = None) -> dict[str, Tensor]:
+        """Stream ``num_chunks`` chunks (default: the window's) conditioned on the batch's first frames and
+        transcripts in Multi mode; returns media ``{"video": (B, T, 3, H, W) uint8, "audio": (B, S)}``."""
+        sampler = sampler or self.sampler
+        net = self.ema if sampler.use_ema and self.ema is not None else self.net
+        chunks = num_chunks or self.seq.num_chunks(batch)
+        generator = torch.Generator(device=self.device).manual_seed(sampler.seed)
+        sample = partial(integrate, grid=grid(sampler.steps, sampler.shift, few=False), heun=sampler.heun)
+        pieces = list(
+            stream(
+                net, self.seq, sample, num_chunks=chunks, batch=batch.size, prefix=self.prefix(batch),
+                cond=self.condition(batch), cfg_scale=sampler.cfg_scale, window=sampler.window, ctx_s=sampler.ctx_s,
+                generator=generator, device=self.device,
+            )
+        )
+        tokens = {m: torch.cat([p[m] for p in pieces], dim=1) for m in self.seq.modalities}
+        return self.seq.decode(tokens)
+
+    def predict_step(self, batch: AVBatch, batch_idx: int) -> list[str]:
+        """Write one mp4 (with the audio track when there is audio) and one wav per window; return the paths."""
+        media = self.generate(batch)
+        root = Path(self.predict_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions")
+        root.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, key in enumerate(batch.keys):
+            audio = media["audio"][i].float().cpu().numpy() if "audio" in media else None
+            video = media["video"][i].permute(0, 2, 3, 1).cpu().numpy() if "video" in media else None
+            stem = root / f"{key}-b{batch_idx}"
+            if video is not None:
+                encode_mp4(video, self.spec.fps, audio=audio, sample_rate=self.spec.sample_rate if audio is not None else None, target=f"{stem}.mp4")
+                written.append(f"{stem}.mp4")
+            if audio is not None:
+                Path(f"{stem}.wav").write_bytes(encode_wav(audio, self.spec.sample_rate))
+                written.append(f"{stem}.wav")
+        return written

@@ -1,0 +1,131 @@
+"""Stages 1 and 2 (METHOD §4): flow matching with teacher forcing, on one tower or on the coupled pair.
+
+``UniModalPretraining`` (one modality) and ``JointTraining`` (both, initialised from the two stage-1
+checkpoints) are the same :class:`TeacherForcing` step with different towers: configuration, not copies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_mf.batch import AVBatch
+from lightning_mf.lit.base import FlowModule
+from lightning_mf.objectives.flow_matching import FlowMatchingResult, NoiseSchedule, teacher_forcing_flow_matching
+
+__all__ = ["JointTraining", "TeacherForcing", "UniModalPretraining"]
+
+# Options of sampling and output, not of the trained model: kept out of the checkpoint's hyper-parameters,
+# because LightningCLI lets a checkpoint's hyper-parameters override the command line (`predict --ckpt_path`).
+RUNTIME_OPTIONS = ["sampler", "predict_dir"]
+
+
+class TeacherForcing(FlowModule):
+    """Teacher-forcing flow matching on the towers of ``modalities``.
+
+    Args:
+        modalities: ``("video",)``, ``("audio",)`` or both.
+        noise: how noise levels are drawn.
+        audio_weight: weight of the audio loss (``L_video + audio_weight * L_audio``).
+        init_towers: ``{modality: checkpoint path}`` of stage-1 runs whose tower weights start this run.
+        init_from_ema: take the EMA weights of those checkpoints (else the online weights).
+        **kwargs: the shared options of :class:`~lightning_mf.lit.base.FlowModule` (spec, tower, codec, ...).
+    """
+
+    def __init__(
+        self,
+        modalities: tuple[str, ...] = ("video", "audio"),
+        noise: NoiseSchedule = NoiseSchedule(),
+        audio_weight: float = 1.0,
+        init_towers: dict[str, str] | None = None,
+        init_from_ema: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(modalities, **kwargs)
+        self.noise, self.audio_weight = noise, audio_weight
+        self.init_towers, self.init_from_ema = dict(init_towers or {}), init_from_ema
+        self.init_fields = {m: f"model.init_args.init_towers.{m}" for m in self.init_towers}  # named in errors
+        unknown = set(self.init_towers) - set(self.seq.modalities)
+        if unknown:
+            raise ValueError(f"model.init_towers names {sorted(unknown)}, but the model's towers are {list(self.seq.modalities)}")
+
+    def setup(self, stage: str) -> None:
+        """Load stage-1 towers when a fresh fit starts (not on resume: the checkpoint has them)."""
+        resuming = self._trainer is not None and self._trainer.ckpt_path is not None
+        if stage == "fit" and self.init_towers and not resuming:
+            for modality, path in self.init_towers.items():
+                self.load_tower(modality, path, self.init_fields[modality])
+
+    def load_tower(self, modality: str, path: str, field: str) -> None:
+        """Copy one tower's weights from a stage-1 checkpoint, after checking that it fits this model."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{field}={path} does not exist; train stage 1 first (configs/tiny/{modality}_pretrain.yaml)")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = checkpoint.get("hyper_parameters", {})
+        theirs = tuple(hparams.get("modalities") or (hparams.get("modality"),))
+        if modality not in theirs:
+            raise ValueError(f"{field}={path} is a checkpoint of {theirs} towers, not {modality!r}")
+        for name, mine in (("spec", self.spec), ("tower", self.tower_config)):
+            theirs_value = hparams.get(name, mine)
+            if isinstance(theirs_value, dict):  # LightningCLI stores dataclass arguments as dicts
+                theirs_value = type(mine)(**theirs_value)
+            if theirs_value != mine:
+                raise ValueError(f"{field}={path} was trained with {name}={theirs_value}, this model has {name}={mine}; make them equal")
+        source = "ema" if self.init_from_ema and any(k.startswith("ema.") for k in checkpoint["state_dict"]) else "net"
+        prefix = f"{source}.towers.{modality}."
+        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        self.net.towers[modality].load_state_dict(weights)
+        if self.ema is not None:
+            self.ema.towers[modality].load_state_dict(weights)
+
+    def flow_matching(self, batch: AVBatch, cfg_dropout: float = 0.0) -> FlowMatchingResult:
+        x0 = self.seq.encode(batch)
+        return teacher_forcing_flow_matching(self.net, self.seq, x0, self.prefix(batch), self.condition(batch, cfg_dropout), self.noise)
+
+    def training_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
+        return self._step(batch, "train", self.cfg_dropout)
+
+    def validation_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
+        return self._step(batch, "val", 0.0)
+
+    def _step(self, batch: AVBatch, stage: Literal["train", "val"], cfg_dropout: float) -> Tensor:
+        result = self.flow_matching(batch, cfg_dropout)
+        loss = result.loss({"audio": self.audio_weight})
+        logs = {f"{stage}/fm_{m}": e.mean() for m, e in result.errors.items()}
+        logs |= {f"{stage}/fm_{name}": value for name, value in result.by_bucket().items()}
+        when = {"on_step": stage == "train", "on_epoch": stage == "val", "batch_size": batch.size}
+        self.log_dict(logs, **when)
+        self.log(f"{stage}/loss", loss, prog_bar=True, **when)
+        return loss
+
+
+class UniModalPretraining(TeacherForcing):
+    """Stage 1: one causal tower trained on its own modality.
+
+    Args:
+        modality: ``video`` or ``audio``.
+        **kwargs: see :class:`TeacherForcing` and :class:`~lightning_mf.lit.base.FlowModule`.
+    """
+
+    def __init__(self, modality: Literal["video", "audio"] = "video", **kwargs: Any) -> None:
+        super().__init__(modalities=(modality,), **kwargs)
+        self.save_hyperparameters(ignore=RUNTIME_OPTIONS)
+
+
+class JointTraining(TeacherForcing):
+    """Stage 2: both towers coupled by zero-gated cross-modal attention, started from the stage-1 checkpoints.
+
+    Args:
+        video_ckpt: stage-1 video checkpoint (None: random video tower).
+        audio_ckpt: stage-1 audio checkpoint (None: random audio tower).
+        **kwargs: see :class:`TeacherForcing` and :class:`~lightning_mf.lit.base.FlowModule`.
+    """
+
+    def __init__(self, video_ckpt: str | None = None, audio_ckpt: str | None = None, **kwargs: Any) -> None:
+        towers = {m: p for m, p in (("video", video_ckpt), ("audio", audio_ckpt)) if p is not None}
+        super().__init__(modalities=("video", "audio"), init_towers=towers, **kwargs)
+        self.init_fields = {m: f"model.init_args.{m}_ckpt" for m in towers}
+        self.save_hyperparameters(ignore=RUNTIME_OPTIONS)

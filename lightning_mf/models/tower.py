@@ -1,0 +1,96 @@
+"""Tower: the parameters of one modality's causal flow transformer (a DiT with adaLN-Zero, RoPE, text cross-attention).
+
+A tower does not run by itself: :class:`~lightning_mf.models.transformer.AVTransformer` runs one tower (a
+uni-modal model, stage 1) or two (the joint model, stage 2), so the uni-modal and joint stages share all code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_mf.models.layers import MLP, NoiseLevelEmbedding, RMSNorm, zero_init
+from lightning_mf.models.rope import Rope
+
+__all__ = ["Block", "Tower", "TowerConfig"]
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """Size of one tower (every field becomes a ``--model.init_args.tower.*`` option).
+
+    Args:
+        dim: transformer width.
+        depth: number of blocks.
+        heads: attention heads (``dim / heads`` divisible by 8 for the rotary split).
+        mlp_ratio: MLP hidden size as a multiple of ``dim``.
+        vocab_size: transcript tokens are hashed into this many embeddings (index 0 is the null token of CFG).
+        time_max_hz: fastest rotary time frequency; should resolve the finest token spacing (e.g. the mel hop).
+    """
+
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    vocab_size: int = 256
+    time_max_hz: float = 40.0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads or (self.dim // self.heads) % 8:
+            raise ValueError(f"TowerConfig: dim={self.dim} / heads={self.heads} must be an integer head size divisible by 8")
+        if self.depth < 1:
+            raise ValueError(f"TowerConfig: depth must be at least 1, got {self.depth}")
+
+
+class Block(nn.Module):
+    """One DiT block: self-attention (run by the transformer, which may fuse modalities), text cross-attention,
+    MLP; adaLN-Zero modulation with per-block offsets added to the tower's shared projection (as Wan does)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.cross_q, self.cross_kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        self.cross_proj = zero_init(nn.Linear(dim, dim))  # text conditioning starts as a no-op
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+        self.modulation = nn.Parameter(torch.zeros(6, dim))  # shift, scale, gate for attention and MLP
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # (B, N, D) -> (B, H, N, Dh)
+
+
+class Tower(nn.Module):
+    """One modality's network parameters.
+
+    Args:
+        token_dim: size of the codec's tokens (e.g. PatchCodec.token_dim, MelCodec.token_dim).
+        config: width, depth and the rest (:class:`TowerConfig`).
+    """
+
+    def __init__(self, token_dim: int, config: TowerConfig = TowerConfig()) -> None:
+        super().__init__()
+        self.config = config
+        dim, depth, heads, mlp_ratio = config.dim, config.depth, config.heads, config.mlp_ratio
+        self.token_dim, self.dim, self.depth, self.heads, self.vocab_size = token_dim, dim, depth, heads, config.vocab_size
+        self.embed = nn.Linear(token_dim, dim)
+        self.s_embed = NoiseLevelEmbedding(dim)
+        self.d_embed = NoiseLevelEmbedding(dim, zero_last=True)  # the Few-mode step size (METHOD §1)
+        self.adaln = zero_init(nn.Linear(dim, 6 * dim))  # shared per-token modulation, offsets per block
+        self.text = nn.Embedding(config.vocab_size + 1, dim)
+        self.text_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.final_adaln = zero_init(nn.Linear(dim, 2 * dim))
+        self.out = zero_init(nn.Linear(dim, token_dim))
+        self.rope = Rope(dim // heads, time_max_hz=config.time_max_hz)
+
+    def condition(self, s: Tensor, d: Tensor) -> Tensor:
+        """Per-token conditioning vector (B, N, D) from noise levels s (B, N) and step sizes d (B,)."""
+        return self.s_embed(s) + self.d_embed(d)[:, None, :]

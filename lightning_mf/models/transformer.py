@@ -1,0 +1,178 @@
+"""AVTransformer: runs one tower (a uni-modal model) or several (the joint model) over modality dicts.
+
+Every forward takes ``{modality: Tokens}`` and returns ``{modality: velocity}``: training with the teacher-forcing
+layout, a full block-causal forward, and cached chunk-by-chunk streaming are the same code with different
+:class:`~lightning_mf.models.masks.Layout` s and an optional :class:`~lightning_mf.models.kv_cache.KVCache`.
+
+Joint model (METHOD §3): in every block the queries of each modality attend to their own modality's keys and,
+through a gate per block and direction initialised to zero, to the other modality's keys, under the same
+block-causal rule (tokens of chunk k of either modality see both modalities' chunks <= k). Each modality keeps
+its own projections, norms and MLPs (its tower). Because the gates start at exactly 0, a freshly coupled model
+computes exactly what the two stage-1 towers compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_mf.batch import Cond
+from lightning_mf.models.kv_cache import KVCache
+from lightning_mf.models.layers import modulate
+from lightning_mf.models.masks import Layout, attention_mask
+from lightning_mf.models.tower import Tower
+
+__all__ = ["AVTransformer", "Tokens", "attend"]
+
+
+@dataclass
+class Tokens:
+    """One modality's part of a forward: features, per-token noise level, positions and layout."""
+
+    x: Tensor  # (B, N, C) codec tokens (noisy or clean)
+    s: Tensor  # (B, N) noise level of each token (0 = clean)
+    pos: Tensor  # (N, 3) time in seconds, row, column
+    layout: Layout  # chunk index and clean flag of each token
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Masked attention (B, H, Nq, Dh); a query with no visible key gets zeros (e.g. the video prefix looking
+    at audio, which has no prefix) instead of the NaN of a softmax over nothing."""
+    empty = ~mask.any(-1)  # (..., Nq)
+    if bool(empty.any()):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | empty[..., None])
+        return out.masked_fill(empty[..., None], 0.0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class AVTransformer(nn.Module):
+    """A dict of towers run together; with two towers, zero-gated cross-modal attention couples them.
+
+    Args:
+        towers: ``{"video": Tower(...)}``, ``{"audio": Tower(...)}`` or both (then with equal dim/depth/heads).
+    """
+
+    def __init__(self, towers: dict[str, Tower]) -> None:
+        super().__init__()
+        if not towers:
+            raise ValueError("AVTransformer needs at least one tower")
+        shapes = {name: (t.dim, t.depth, t.heads) for name, t in towers.items()}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"coupled towers need equal (dim, depth, heads) for fused attention, got {shapes}")
+        self.towers = nn.ModuleDict(towers)
+        self.depth = next(iter(towers.values())).depth
+        self.gates = nn.ParameterDict(
+            {f"{m}_from_{o}": nn.Parameter(torch.zeros(self.depth)) for m in towers for o in towers if m != o}
+        )
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.towers)
+
+    def forward(
+        self,
+        tokens: dict[str, Tokens],
+        d: Tensor | float = 0.0,
+        cond: Cond | None = None,
+        cache: KVCache | None = None,
+        write: bool = False,
+        window: int | None = None,
+    ) -> dict[str, Tensor]:
+        """Velocities ``{m: (B, N_m, C_m)}`` for the given tokens.
+
+        Args:
+            tokens: the modalities to run (a subset of the towers).
+            d: step size (B,) or a float; 0 is Multi mode.
+            cond: transcript conditioning; None means unconditional (the null token only).
+            cache: keys/values of earlier chunks to attend to (streaming); its window overrides ``window``.
+            write: append this forward's keys/values to ``cache`` (then roll its window).
+            window: sliding window in chunks for a full forward (the mask equivalent of a rolling cache).
+        """
+        unknown = set(tokens) - set(self.towers)
+        if unknown:
+            raise ValueError(f"no tower for {sorted(unknown)}; this model has {list(self.towers)}")
+        if write and cache is None:
+            raise ValueError("write=True needs a cache")
+        first = next(iter(tokens.values()))
+        batch = first.x.shape[0]
+        d = torch.as_tensor(d, dtype=torch.float32, device=first.x.device).expand(batch)
+        window = cache.window if cache is not None else window
+        names = list(tokens)
+        sources = names + [m for m in (cache.layouts if cache is not None else {}) if m not in tokens and m in self.towers]
+
+        h, ada, final, text = {}, {}, {}, {}
+        for m in names:
+            tower, t = self.towers[m], tokens[m]
+            h[m] = tower.embed(t.x)  # (B, N, D)
+            c = F.silu(tower.condition(t.s, d))  # (B, N, D)
+            ada[m] = (tower.adaln(c).unflatten(-1, (6, tower.dim)))  # (B, N, 6, D)
+            final[m] = tower.final_adaln(c).chunk(2, dim=-1)
+            text[m] = self._text(tower, cond, batch, t.x.device)
+        key_layouts = {
+            o: Layout.cat([x for x in ((cache.layout(o) if cache is not None else None), tokens[o].layout if o in tokens else None) if x is not None])
+            for o in sources
+        }
+        masks = {(m, o): attention_mask(tokens[m].layout, key_layouts[o], window) for m in names for o in sources}
+        written: dict[str, tuple[list[Tensor], list[Tensor]]] = {m: ([], []) for m in names}
+
+        for i in range(self.depth):
+            q, keys, values = {}, {}, {}
+            for m in names:
+                block, pos = self.towers[m].blocks[i], tokens[m].pos
+                shift, scale = ada[m][:, :, 0] + block.modulation[0], ada[m][:, :, 1] + block.modulation[1]
+                qkv = block.qkv(modulate(block.norm1(h[m]), shift, scale)).chunk(3, dim=-1)
+                q[m] = self.towers[m].rope.rotate(block.q_norm(block.split_heads(qkv[0])), pos)  # (B, H, N, Dh)
+                keys[m] = self.towers[m].rope.rotate(block.k_norm(block.split_heads(qkv[1])), pos)
+                values[m] = block.split_heads(qkv[2])
+                if write:
+                    written[m][0].append(keys[m])
+                    written[m][1].append(values[m])
+            for o in sources:  # prepend what the cache holds
+                cached = cache.get(o, i) if cache is not None else None
+                if cached is not None:
+                    keys[o] = torch.cat([cached[0], keys[o]], dim=2) if o in tokens else cached[0]
+                    values[o] = torch.cat([cached[1], values[o]], dim=2) if o in tokens else cached[1]
+            for m in names:
+                block = self.towers[m].blocks[i]
+                out = attend(q[m], keys[m], values[m], masks[(m, m)])  # (B, H, N, Dh)
+                for o in sources:
+                    if o != m:
+                        gate = torch.tanh(self.gates[f"{m}_from_{o}"][i])
+                        out = out + gate * attend(q[m], keys[o], values[o], masks[(m, o)])
+                mod = ada[m] + block.modulation  # (B, N, 6, D)
+                h[m] = h[m] + mod[:, :, 2] * block.proj(out.transpose(1, 2).flatten(2))
+                h[m] = h[m] + self._cross_attend(self.towers[m], block, h[m], tokens[m].pos, text[m])
+                h[m] = h[m] + mod[:, :, 5] * block.mlp(modulate(block.norm3(h[m]), mod[:, :, 3], mod[:, :, 4]))
+
+        if write:
+            for m in names:
+                cache.append(m, tokens[m].layout, *written[m])
+            cache.roll()
+        return {m: self.towers[m].out(modulate(self.towers[m].final_norm(h[m]), final[m][0], final[m][1])) for m in names}
+
+    @staticmethod
+    def _text(tower: Tower, cond: Cond | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Transcript embeddings (B, T, D), positions (B, T, 3) and validity (B, T); the null token is always
+        present, so unconditional rows attend to it alone."""
+        if cond is None:
+            cond = Cond.null(batch, device)
+        if int(cond.ids.max()) > tower.vocab_size:
+            raise ValueError(f"transcript id {int(cond.ids.max())} exceeds the tower's vocab_size={tower.vocab_size}")
+        pos = torch.zeros(*cond.time.shape, 3, device=device)
+        pos[..., 0] = cond.time
+        return tower.text_norm(tower.text(cond.ids)), pos, cond.mask
+
+    @staticmethod
+    def _cross_attend(tower: Tower, block: nn.Module, h: Tensor, pos: Tensor, text: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """Text cross-attention with time-only rotary positions on both sides (relative time of speech)."""
+        text_h, text_pos, text_mask = text
+        time_pos = torch.zeros_like(pos)
+        time_pos[:, 0] = pos[:, 0]
+        q = tower.rope.rotate(block.split_heads(block.cross_q(block.norm2(h))), time_pos)  # (B, H, N, Dh)
+        k, v = block.cross_kv(text_h).chunk(2, dim=-1)
+        k = tower.rope.rotate(block.split_heads(k), text_pos)  # (B, H, T, Dh)
+        out = F.scaled_dot_product_attention(q, k, block.split_heads(v), attn_mask=text_mask[:, None, None, :])
+        return block.cross_proj(out.transpose(1, 2).flatten(2))

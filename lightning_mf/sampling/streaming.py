@@ -1,0 +1,88 @@
+"""stream(): the only chunk-by-chunk generation loop (METHOD §5), shared by predict, generation, evaluation and the
+Mutual Forcing rollout.
+
+For each chunk: draw noise, run the given sampler (Multi mode: many d = 0 steps, optionally with CFG; Few mode:
+a few jumps) with every velocity call attending to the KV cache, emit the chunk, then write it to the cache with one
+more forward at the context noise level ``ctx_s`` and roll the window. The cache holds keys/values computed with
+the condition; the unconditional branch of CFG reuses it (as causal video generators do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from lightning_mf.batch import Cond
+from lightning_mf.flow import AV, Velocity, interpolate
+from lightning_mf.models.kv_cache import KVCache
+from lightning_mf.models.masks import Layout
+from lightning_mf.models.transformer import AVTransformer, Tokens
+from lightning_mf.sampling.samplers import guided
+from lightning_mf.sequence import AVSequencer
+
+__all__ = ["stream"]
+
+Sampler = Callable[[Velocity, AV], AV]
+
+
+@torch.no_grad()  # not inference_mode: a training step with grad on will attend to this cache (LAYOUT §3.8)
+def stream(
+    net: AVTransformer,
+    seq: AVSequencer,
+    sample: Sampler,
+    *,
+    num_chunks: int,
+    batch: int,
+    prefix: dict[str, Tokens] | None = None,
+    cond: Cond | None = None,
+    cfg_scale: float = 1.0,
+    window: int | None = None,
+    ctx_s: float = 0.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[AV]:
+    """Yield ``{m: (B, tokens_per_chunk, C)}`` for chunks 1..num_chunks of every modality of ``seq``.
+
+    Args:
+        net: the model (one or two towers, matching ``seq.modalities``).
+        seq: codecs and chunk geometry.
+        sample: ``sample(velocity, noise) -> x0``, e.g. ``partial(integrate, grid=grid(50, 3.0, few=False))``.
+        num_chunks: chunks to generate (may exceed the training length when ``window`` is set).
+        batch: number of streams generated together.
+        prefix: the clean first-frame prefix (chunk 0), the window's sink.
+        cond: transcript conditioning; ``cfg_scale != 1`` guides against its unconditional version.
+        window: chunks kept in the cache besides the sink (None keeps everything).
+        ctx_s: noise level at which generated chunks are written to the cache (0 = clean).
+        generator: source of the initial noise (a seeded generator makes the stream deterministic).
+    """
+    cache = KVCache(window)
+    if prefix:
+        net(prefix, cond=cond, cache=cache, write=True)
+    uncond = cond.unconditional() if cond is not None and cfg_scale != 1.0 else None
+
+    for k in range(1, num_chunks + 1):
+        geometry = {m: seq.positions(m, k, 1, device=device) for m in seq.modalities}  # pos (n, 3), chunk (n,)
+
+        def tokens(x: AV, s: float) -> dict[str, Tokens]:
+            out = {}
+            for m, (pos, chunk) in geometry.items():
+                layout = Layout(chunk, torch.ones_like(chunk, dtype=torch.bool))  # alone in its chunk: mark clean
+                out[m] = Tokens(x[m], x[m].new_full(x[m].shape[:2], float(s)), pos, layout)
+            return out
+
+        def velocity_with(c: Cond | None) -> Velocity:
+            return lambda x, s, d: net(tokens(x, s), d=d, cond=c, cache=cache)
+
+        velocity = velocity_with(cond)
+        if uncond is not None:
+            velocity = guided(velocity, velocity_with(uncond), cfg_scale)
+        noise = {
+            m: torch.randn(batch, seq.tokens_per_chunk(m), seq.token_dim(m), generator=generator, device=device)
+            for m in seq.modalities
+        }
+        x = sample(velocity, noise)
+        context = x if ctx_s == 0.0 else {m: interpolate(v, torch.randn_like(v), ctx_s) for m, v in x.items()}
+        net(tokens(context, ctx_s), cond=cond, cache=cache, write=True)
+        yield x
+

@@ -1,0 +1,100 @@
+"""Stage 1/2 LightningModules: the loss, the layout it trains on, overfitting, EMA and tower loading."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_mf.lit import JointTraining, UniModalPretraining
+from lightning_mf.lit.base import CodecConfig
+from lightning_mf.models import TowerConfig
+from lightning_mf.spec import AVSpec
+
+TINY_TOWER = TowerConfig(dim=32, depth=2, heads=2, vocab_size=32)
+SPEC = AVSpec()
+
+
+def _batch(tiny_shards: Path, batch_size: int = 4, window_chunks: int = 3):
+    from lightning_mf.data.datamodule import AVDataModule
+
+    dm = AVDataModule(root=str(tiny_shards), spec=SPEC, window_chunks=window_chunks, batch_size=batch_size, batches_per_epoch=1)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_a_tiny_model_overfits_one_batch(tiny_shards: Path) -> None:
+    torch.manual_seed(0)
+    batch = _batch(tiny_shards)
+    model = UniModalPretraining("audio", tower=TINY_TOWER, ema_decay=None, cfg_dropout=0.0,
+                                optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+    optimizer = model.configure_optimizers()
+    generator_state = torch.get_rng_state()
+    losses = []
+    for _ in range(150):
+        torch.set_rng_state(generator_state)  # the same noise every step: one fixed regression problem
+        loss = model.flow_matching(batch).loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+
+
+def test_loss_is_finite_per_modality_and_bucketed(tiny_shards: Path) -> None:
+    batch = _batch(tiny_shards)
+    model = JointTraining(tower=TINY_TOWER)
+    result = model.flow_matching(batch, cfg_dropout=0.5)
+    assert set(result.errors) == {"video", "audio"}
+    assert result.errors["video"].shape == (4, 3 * 16) and result.errors["audio"].shape == (4, 3 * 8)
+    buckets = result.by_bucket()
+    assert buckets and all(torch.isfinite(v) for v in buckets.values())
+    assert torch.isfinite(result.loss({"audio": 0.5}))
+
+
+def test_ema_follows_the_weights_and_is_saved(tiny_shards: Path, tmp_path: Path) -> None:
+    model = UniModalPretraining("video", tower=TINY_TOWER, ema_decay=0.5)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.ema.parameters()]
+    model.update_ema()
+    for old, new, online in zip(before, model.ema.parameters(), model.net.parameters()):
+        assert torch.allclose(new, 0.5 * old + 0.5 * online)
+    assert any(k.startswith("ema.towers.video.") for k in model.state_dict())
+
+
+def _stage1_checkpoint(tmp_path: Path, modality: str, tower: TowerConfig = TINY_TOWER) -> tuple[str, UniModalPretraining]:
+    model = UniModalPretraining(modality, tower=tower, spec=SPEC)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    path = tmp_path / f"{modality}.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path), model
+
+
+def test_joint_training_starts_from_the_stage1_towers(tmp_path: Path) -> None:
+    video_path, video = _stage1_checkpoint(tmp_path, "video")
+    audio_path, audio = _stage1_checkpoint(tmp_path, "audio")
+    joint = JointTraining(video_ckpt=video_path, audio_ckpt=audio_path, tower=TINY_TOWER, spec=SPEC, init_from_ema=False)
+    joint.setup("fit")
+    for m, source in (("video", video), ("audio", audio)):
+        for (name, a), b in zip(joint.net.towers[m].state_dict().items(), source.net.towers[m].state_dict().values()):
+            assert torch.equal(a, b), name
+
+
+def test_wrong_stage1_checkpoints_fail_before_training(tmp_path: Path) -> None:
+    video_path, _ = _stage1_checkpoint(tmp_path, "video")
+    with pytest.raises(FileNotFoundError, match="model.init_args.audio_ckpt=.*missing.ckpt does not exist"):
+        JointTraining(video_ckpt=video_path, audio_ckpt=str(tmp_path / "missing.ckpt"), tower=TINY_TOWER).setup("fit")
+    with pytest.raises(ValueError, match=r"model.init_args.audio_ckpt=.*is a checkpoint of \('video',\) towers, not 'audio'"):
+        JointTraining(video_ckpt=video_path, audio_ckpt=video_path, tower=TINY_TOWER).setup("fit")
+    with pytest.raises(ValueError, match="was trained with tower=.*make them equal"):
+        JointTraining(video_ckpt=video_path, tower=TowerConfig(dim=64, depth=2, heads=2, vocab_size=32)).setup("fit")
+    with pytest.raises(ValueError, match="was trained with spec="):
+        JointTraining(video_ckpt=video_path, tower=TINY_TOWER, spec=AVSpec(frames_per_chunk=4)).setup("fit")
+
+
+def test_codec_that_does_not_tile_a_chunk_is_rejected() -> None:
+    with pytest.raises(ValueError, match="tubelet=4 does not divide spec.frames_per_chunk=2"):
+        UniModalPretraining("video", tower=TINY_TOWER, codec=CodecConfig(tubelet=4))

@@ -1,0 +1,131 @@
+"""Core equivalences of the causal transformer: cached streaming == full forward, causality, coupling, d path."""
+
+import pytest
+import torch
+
+from lightning_mf.batch import Cond
+from lightning_mf.models import AVTransformer, KVCache, Tokens
+from lightning_mf.models.layers import NoiseLevelEmbedding
+
+from tiny_models import sequence, select, tower
+
+MODELS = {"video": ("video_model", ("video",)), "audio": ("audio_model", ("audio",)), "joint": ("joint_model", ("video", "audio"))}
+
+
+def _stream(model: AVTransformer, tokens: dict[str, Tokens], chunks: int, window: int | None, cond: Cond | None) -> dict[str, torch.Tensor]:
+    """Chunk by chunk: prefix written first, then read chunk k with the cache and write it."""
+    cache, outs = KVCache(window), {m: [] for m in tokens}
+    prefix = {m: select(t, t.layout.chunk == 0) for m, t in tokens.items() if bool((t.layout.chunk == 0).any())}
+    if prefix:
+        for m, out in model(prefix, cond=cond, cache=cache).items():
+            outs[m].append(out)
+        model(prefix, cond=cond, cache=cache, write=True)
+    for k in range(1, chunks + 1):
+        part = {m: select(t, t.layout.chunk == k) for m, t in tokens.items()}
+        for m, out in model(part, cond=cond, cache=cache).items():
+            outs[m].append(out)
+        model(part, cond=cond, cache=cache, write=True)
+    return {m: torch.cat(o, dim=1) for m, o in outs.items()}
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("window", [None, 2])
+def test_cached_streaming_equals_full_forward(kind: str, window: int | None, request: pytest.FixtureRequest) -> None:
+    fixture, modalities = MODELS[kind]
+    model = request.getfixturevalue(fixture)
+    chunks = 6
+    tokens = sequence(modalities, chunks)
+    cond = Cond.from_transcripts([[{"token": "a", "start": 0.1, "end": 0.3}], [{"token": "o", "start": 0.5, "end": 0.6}]], 16)
+    full = model(tokens, cond=cond, window=window)
+    streamed = _stream(model, tokens, chunks, window, cond)
+    for m in modalities:
+        assert full[m].abs().max() > 0.1  # the comparison is not vacuous
+        assert (streamed[m] - full[m]).abs().max() < 1e-5
+    if window is not None:  # the window really changes the result, so the rolled cache matched a different mask
+        unwindowed = model(tokens, cond=cond)
+        assert max((unwindowed[m] - full[m]).abs().max() for m in modalities) > 1e-3
+
+
+def test_rolled_cache_keeps_only_the_sink_and_the_window() -> None:
+    model = AVTransformer({"video": tower("video")})
+    tokens = sequence(("video",), 8)
+    cache = KVCache(window=3)
+    model({"video": select(tokens["video"], tokens["video"].layout.chunk == 0)}, cache=cache, write=True)
+    for k in range(1, 9):
+        model({"video": select(tokens["video"], tokens["video"].layout.chunk == k)}, cache=cache, write=True)
+    assert sorted(set(cache.layout("video").chunk.tolist())) == [0, 6, 7, 8]
+    assert cache.get("video", 0)[0].shape[2] == 4 * 4  # 4 tokens per chunk
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_future_chunks_do_not_change_the_past_but_do_change_the_future(kind: str, request: pytest.FixtureRequest) -> None:
+    fixture, modalities = MODELS[kind]
+    model = request.getfixturevalue(fixture)
+    tokens = sequence(modalities, 4)
+    before = model(tokens)
+    k = 2
+    for changed in modalities:  # perturb chunk k+1.. of one modality at a time
+        perturbed = dict(tokens)
+        t = tokens[changed]
+        x = t.x.clone()
+        x[:, t.layout.chunk > k] += torch.randn_like(x[:, t.layout.chunk > k])
+        perturbed[changed] = Tokens(x, t.s, t.pos, t.layout)
+        after = model(perturbed)
+        for m in modalities:
+            past = tokens[m].layout.chunk <= k
+            assert (after[m][:, past] - before[m][:, past]).abs().max() < 1e-6, f"{changed} future leaked into {m}"
+    for changed in modalities:  # and chunk k does reach later chunks of every modality (mask not too strict)
+        perturbed = dict(tokens)
+        t = tokens[changed]
+        x = t.x.clone()
+        x[:, t.layout.chunk == k] += 1.0
+        perturbed[changed] = Tokens(x, t.s, t.pos, t.layout)
+        after = model(perturbed)
+        for m in modalities:
+            later = tokens[m].layout.chunk > k
+            assert (after[m][:, later] - before[m][:, later]).abs().max() > 1e-4, f"{changed} chunk {k} does not reach {m}"
+
+
+def test_freshly_coupled_model_equals_the_unimodal_towers() -> None:
+    video, audio = tower("video"), tower("audio", seed=1)
+    tokens = sequence(("video", "audio"), 4)
+    alone = {"video": AVTransformer({"video": video})({"video": tokens["video"]})["video"],
+             "audio": AVTransformer({"audio": audio})({"audio": tokens["audio"]})["audio"]}
+    coupled = AVTransformer({"video": video, "audio": audio})
+    together = coupled(tokens)
+    for m in ("video", "audio"):
+        assert torch.equal(together[m], alone[m])
+    with torch.no_grad():
+        coupled.gates["audio_from_video"].fill_(0.5)
+    assert not torch.allclose(coupled(tokens)["audio"], alone["audio"])  # the gate is the coupling
+
+
+def test_adding_the_step_size_path_leaves_multi_mode_unchanged() -> None:
+    model = AVTransformer({"video": tower("video")})
+    tokens = sequence(("video",), 3)
+    with torch.no_grad():  # a model "trained with d = 0 only", then given a fresh (zero-output) d path
+        model.towers["video"].d_embed = NoiseLevelEmbedding(model.towers["video"].dim, zero_last=True)
+    base = model(tokens, d=0.0)["video"]
+    assert torch.equal(model(tokens, d=0.25)["video"], base)
+    assert torch.equal(model(tokens, d=torch.tensor([0.5, 0.125]))["video"], base)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.towers["video"].d_embed.mlp[2].weight)
+    assert not torch.allclose(model(tokens, d=0.25)["video"], base)  # once trained, d matters
+
+
+def test_transcript_conditioning_and_its_dropout() -> None:
+    model = AVTransformer({"video": tower("video")})
+    tokens = sequence(("video",), 2)
+    cond = Cond.from_transcripts([[{"token": "a", "start": 0.0, "end": 0.2}], [{"token": "i", "start": 0.1, "end": 0.2}]], 16)
+    with_text, null = model(tokens, cond=cond)["video"], model(tokens, cond=None)["video"]
+    assert (with_text - null).abs().max() > 1e-4
+    assert torch.allclose(model(tokens, cond=cond.unconditional())["video"], null, atol=1e-6)
+    dropped = model(tokens, cond=cond.drop(torch.tensor([True, False])))["video"]
+    assert torch.allclose(dropped[0], with_text[0], atol=1e-6) and torch.allclose(dropped[1], null[1], atol=1e-6)
+
+
+def test_coupled_towers_must_have_the_same_shape() -> None:
+    from lightning_mf.models import Tower, TowerConfig
+
+    with pytest.raises(ValueError, match="equal \\(dim, depth, heads\\)"):
+        AVTransformer({"video": Tower(12, TowerConfig(dim=32, depth=2, heads=2)), "audio": Tower(8, TowerConfig(dim=32, depth=3, heads=2))})
