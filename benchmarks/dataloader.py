@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +18,8 @@ import torch
 from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.data.shards import ShardSummary, synthetic_sources, write_shards
 from lightning_mf.data.synthetic import PRESETS
+
+from report import machine, write_section
 
 
 def shard_writing(out: Path, clips: int) -> float:
@@ -59,16 +59,10 @@ def main() -> None:
         for workers in (0, 2):
             rate = loading(root, workers, args.batches, args.batch_size)
             rows.append((f"AVDataModule train, {workers} workers, batch {args.batch_size}", f"{rate:.0f} clips/s"))
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU"
     command = f"python benchmarks/dataloader.py --clips {args.clips} --batches {args.batches} --batch-size {args.batch_size}"
     table = "\n".join(["| what | throughput |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
-    section = f"<!-- dataloader -->\n## Data pipeline (tiny preset)\n\n`{command}` on {machine}, {time.strftime('%Y-%m-%d')}:\n\n{table}\n<!-- /dataloader -->"
-    print(section)
-    if args.write:
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n"
-        pattern = re.compile(r"<!-- dataloader -->.*?<!-- /dataloader -->", re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-        args.write.write_text(text)
+    body = f"## Data pipeline (tiny preset)\n\n`{command}` on {machine()}, {time.strftime('%Y-%m-%d')}:\n\n{table}"
+    print(write_section(args.write, "dataloader", body) if args.write else body)
 
 
 if __name__ == "__main__":

@@ -108,22 +108,22 @@ class AVTransformer(nn.Module):
             tower, t = self.towers[m], tokens[m]
             h[m] = tower.embed(t.x)  # (B, N, D)
             c = F.silu(tower.condition(t.s, d))  # (B, N, D)
-            ada[m] = (tower.adaln(c).unflatten(-1, (6, tower.dim)))  # (B, N, 6, D)
+            ada[m] = tower.adaln(c).unflatten(-1, (6, tower.dim))  # (B, N, 6, D), shared by the blocks
             final[m] = tower.final_adaln(c).chunk(2, dim=-1)
             text[m] = self._text(tower, cond, batch, t.x.device)
-        key_layouts = {
-            o: Layout.cat([x for x in ((cache.layout(o) if cache is not None else None), tokens[o].layout if o in tokens else None) if x is not None])
-            for o in sources
-        }
+        key_layouts = {}  # keys are [cached ; current] per source modality
+        for o in sources:
+            parts = [cache.layout(o) if cache is not None else None, tokens[o].layout if o in tokens else None]
+            key_layouts[o] = Layout.cat([part for part in parts if part is not None])
         masks = {(m, o): attention_mask(tokens[m].layout, key_layouts[o], window) for m in names for o in sources}
         written: dict[str, tuple[list[Tensor], list[Tensor]]] = {m: ([], []) for m in names}
 
         for i in range(self.depth):
-            q, keys, values = {}, {}, {}
+            q, keys, values, mod = {}, {}, {}, {}
             for m in names:
                 block, pos = self.towers[m].blocks[i], tokens[m].pos
-                shift, scale = ada[m][:, :, 0] + block.modulation[0], ada[m][:, :, 1] + block.modulation[1]
-                qkv = block.qkv(modulate(block.norm1(h[m]), shift, scale)).chunk(3, dim=-1)
+                mod[m] = ada[m] + block.modulation  # (B, N, 6, D): shift, scale, gate of attention, then of the MLP
+                qkv = block.qkv(modulate(block.norm1(h[m]), mod[m][:, :, 0], mod[m][:, :, 1])).chunk(3, dim=-1)
                 q[m] = self.towers[m].rope.rotate(block.q_norm(block.split_heads(qkv[0])), pos)  # (B, H, N, Dh)
                 keys[m] = self.towers[m].rope.rotate(block.k_norm(block.split_heads(qkv[1])), pos)
                 values[m] = block.split_heads(qkv[2])
@@ -142,10 +142,9 @@ class AVTransformer(nn.Module):
                     if o != m:
                         gate = torch.tanh(self.gates[f"{m}_from_{o}"][i])
                         out = out + gate * attend(q[m], keys[o], values[o], masks[(m, o)])
-                mod = ada[m] + block.modulation  # (B, N, 6, D)
-                h[m] = h[m] + mod[:, :, 2] * block.proj(out.transpose(1, 2).flatten(2))
+                h[m] = h[m] + mod[m][:, :, 2] * block.proj(out.transpose(1, 2).flatten(2))
                 h[m] = h[m] + self._cross_attend(self.towers[m], block, h[m], tokens[m].pos, text[m])
-                h[m] = h[m] + mod[:, :, 5] * block.mlp(modulate(block.norm3(h[m]), mod[:, :, 3], mod[:, :, 4]))
+                h[m] = h[m] + mod[m][:, :, 5] * block.mlp(modulate(block.norm3(h[m]), mod[m][:, :, 3], mod[m][:, :, 4]))
 
         if write:
             for m in names:

@@ -8,7 +8,7 @@ import webdataset as wds
 
 from lightning_mf.data.clip import Clip
 from lightning_mf.data.media import decode_mp4, decode_wav, encode_mp4, encode_wav
-from lightning_mf.data.shards import INDEX_NAME, ShardSummary, Source, assign_splits, folder_sources, read_index, write_shards
+from lightning_mf.data.shards import INDEX_NAME, Source, assign_splits, folder_sources, read_index, write_shards
 from lightning_mf.tools import shards as shards_tool
 
 from helpers import TINY_CLIPS, tiny_summary

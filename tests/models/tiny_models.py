@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_mf.models import AVTransformer, Layout, Tokens, Tower, TowerConfig
+from lightning_mf.models import Layout, Tokens, Tower, TowerConfig
 
 TINY = TowerConfig(dim=32, depth=2, heads=2, vocab_size=16)
 PER_CHUNK = {"video": 4, "audio": 3}  # tokens per chunk

@@ -7,7 +7,6 @@ error is exactly computable: we run the same integrator on z = 0 and z = 1 in fl
 all samples by the larger of those two affine coefficients' errors (tight by construction, no hand-waved slack).
 """
 
-from functools import partial
 
 import torch
 
