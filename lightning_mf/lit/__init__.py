@@ -1,6 +1,7 @@
 """LightningModules: optimisation, logging and checkpoint state; the maths lives in objectives/ and sampling/."""
 
 from lightning_mf.lit.base import CodecConfig, FlowModule, SamplerConfig
+from lightning_mf.lit.syncnet import SyncNetTraining
 from lightning_mf.lit.teacher_forcing import JointTraining, TeacherForcing, UniModalPretraining
 
-__all__ = ["CodecConfig", "FlowModule", "JointTraining", "SamplerConfig", "TeacherForcing", "UniModalPretraining"]
+__all__ = ["CodecConfig", "FlowModule", "JointTraining", "SamplerConfig", "SyncNetTraining", "TeacherForcing", "UniModalPretraining"]

@@ -1,0 +1,17 @@
+"""Evaluation metrics as torchmetrics Metrics (accumulate over batches, reduce across processes): METHOD §6."""
+
+from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance, frechet_distance
+from lightning_mf.metrics.lipsync import LipSync
+from lightning_mf.metrics.vowels import VowelClassifier, VowelErrorRate, train_vowel_classifier
+
+__all__ = [
+    "AudioFeatures",
+    "ClipFeatures",
+    "FrameFeatures",
+    "FrechetDistance",
+    "LipSync",
+    "VowelClassifier",
+    "VowelErrorRate",
+    "frechet_distance",
+    "train_vowel_classifier",
+]

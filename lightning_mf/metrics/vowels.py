@@ -1,0 +1,125 @@
+"""Vowel error rate of generated audio against the conditioning transcript (METHOD §6 "Content").
+
+On the synthetic data the spoken tokens are vowels, so a small frame-wise classifier over the MelCodec's log-mel
+tokens, trained on synthetic clips (whose transcripts are exact), plays the role that an ASR model plays for real
+speech. A syllable counts as an error when the classifier's average over the syllable's central frames names
+another vowel than the transcript; tokens that are not vowels (real transcripts) are not scored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lightning_mf.codecs import MelCodec
+from lightning_mf.data.synthetic import VOWELS, synthesize_clip
+from lightning_mf.spec import AVSpec
+
+__all__ = ["VowelClassifier", "VowelErrorRate", "frame_labels", "train_vowel_classifier"]
+
+SILENCE = 0  # class 0; vowel i is class i + 1
+
+
+class VowelClassifier(nn.Module):
+    """Per mel frame: silence or one of the vowels, from a window of +-4 mel frames of normalised log-mel.
+
+    Args:
+        spec: rates (the mel hop comes from it).
+        n_mels: mel bands of the codec (the classifier owns its own MelCodec).
+        hidden: channels of the two convolutions.
+    """
+
+    def __init__(self, spec: AVSpec = AVSpec(), n_mels: int = 32, hidden: int = 64) -> None:
+        super().__init__()
+        self.codec = MelCodec(spec, n_mels=n_mels)
+        self.net = nn.Sequential(
+            nn.Conv1d(n_mels, hidden, 5, padding=2), nn.GELU(),
+            nn.Conv1d(hidden, hidden, 5, padding=2), nn.GELU(),
+            nn.Conv1d(hidden, 1 + len(VOWELS), 1),
+        )
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """Waveforms (B, S) -> logits (B, M, 1 + vowels) per mel frame."""
+        mel = self.codec.encode(audio)  # (B, M, n_mels)
+        return self.net(mel.transpose(1, 2)).transpose(1, 2)
+
+
+def frame_labels(transcript: list[dict[str, Any]], num_frames: int, spec: AVSpec) -> Tensor:
+    """Class of each mel frame (centred at ``i * mel_hop``): the vowel being spoken, else silence."""
+    times = torch.arange(num_frames, dtype=torch.float64) * spec.mel_hop / spec.sample_rate
+    labels = torch.full((num_frames,), SILENCE, dtype=torch.long)
+    for entry in transcript:
+        if entry["token"] in VOWELS:
+            inside = (times >= entry["start"]) & (times < entry["end"])
+            labels[inside] = 1 + VOWELS.index(entry["token"])
+    return labels
+
+
+def train_vowel_classifier(
+    spec: AVSpec = AVSpec(), *, num_clips: int = 48, seconds: float = 2.0, steps: int = 300, seed: int = 10_000
+) -> VowelClassifier:
+    """Train on freshly synthesised clips (seeds ``seed .. seed + num_clips - 1``); a few seconds on a CPU."""
+    generator = torch.Generator().manual_seed(seed)
+    clips = [synthesize_clip(seed + i, spec, seconds) for i in range(num_clips)]
+    audio = torch.stack([torch.from_numpy(c.audio) for c in clips])  # (N, S)
+    model = VowelClassifier(spec)
+    with torch.no_grad():
+        mel_frames = model.codec.encode(audio[:1]).shape[1]
+    labels = torch.stack([frame_labels(c.meta["transcript"], mel_frames, spec) for c in clips])  # (N, M)
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=3e-3)
+    with torch.no_grad():
+        mel = model.codec.encode(audio).transpose(1, 2)  # (N, n_mels, M): encode once, train on the features
+    for _ in range(steps):
+        index = torch.randint(0, num_clips, (16,), generator=generator)
+        logits = model.net(mel[index]).transpose(1, 2)  # (16, M, C)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[index].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+class VowelErrorRate(Metric):
+    """Fraction of transcript vowels that the classifier hears as another vowel in the audio.
+
+    Args:
+        classifier: a trained :class:`VowelClassifier`.
+        core: fraction of each syllable (around its centre) whose frames vote; edges are attack and release.
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, classifier: VowelClassifier, core: float = 0.6) -> None:
+        super().__init__()
+        self.classifier, self.core = classifier, core
+        self.add_state("errors", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    @torch.no_grad()
+    def update(self, audio: Tensor, transcripts: list[list[dict[str, Any]]]) -> None:
+        """``audio`` (B, S) and each clip's transcript (times in seconds from the clip start)."""
+        if audio.shape[0] != len(transcripts):
+            raise ValueError(f"VowelErrorRate: {audio.shape[0]} clips but {len(transcripts)} transcripts")
+        spec = self.classifier.codec.spec
+        logits = self.classifier(audio.float())  # (B, M, C)
+        times = torch.arange(logits.shape[1], device=audio.device, dtype=torch.float64) * spec.mel_hop / spec.sample_rate
+        for row, transcript in enumerate(transcripts):
+            for entry in transcript:
+                if entry["token"] not in VOWELS:
+                    continue
+                middle, half = (entry["start"] + entry["end"]) / 2, (entry["end"] - entry["start"]) * self.core / 2
+                frames = (times >= middle - half) & (times <= middle + half)
+                if not bool(frames.any()):
+                    continue
+                heard = int(logits[row, frames, 1:].mean(dim=0).argmax())
+                self.errors += int(VOWELS[heard] != entry["token"])
+                self.total += 1
+
+    def compute(self) -> Tensor:
+        if int(self.total) == 0:
+            raise ValueError("VowelErrorRate: no vowel of any transcript fell inside the audio")
+        return self.errors.float() / self.total
