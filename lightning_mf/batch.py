@@ -49,6 +49,10 @@ class AVBatch:
             meta=[w.meta for w in windows],
         )
 
+    def to(self, device: torch.device | str) -> AVBatch:
+        """The same windows with their tensors on ``device`` (metadata stays as is)."""
+        return AVBatch(self.video.to(device), self.audio.to(device), self.start_frame.to(device), self.keys, self.meta)
+
     def pin_memory(self) -> AVBatch:
         """Called by the DataLoader when ``pin_memory=True``."""
         self.video, self.audio, self.start_frame = self.video.pin_memory(), self.audio.pin_memory(), self.start_frame.pin_memory()

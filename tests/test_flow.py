@@ -1,46 +1,112 @@
+"""METHOD §1 notation: interpolation, velocity, timestep shift, sampling grids and training noise levels."""
+
+from __future__ import annotations
+
 import pytest
 import torch
 
-from lightning_mf.flow import grid, sample_noise_levels, shift
+from lightning_mf.flow import grid, interpolate, sample_noise_levels, shift, velocity_target, x0_from_velocity
 
 
-def test_shift_keeps_the_endpoints_is_monotone_and_one_is_identity() -> None:
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_x0_is_recovered_from_x_s_and_the_true_velocity() -> None:
+    x0, eps = _randn(4, 6, 3, seed=0), _randn(4, 6, 3, seed=1)
+    s = torch.rand(4, 6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(2))  # a level per token
+    v = velocity_target(x0, eps)
+    for level in (s, 0.3, 1.0):
+        torch.testing.assert_close(x0_from_velocity(interpolate(x0, eps, level), level, v), x0, rtol=0, atol=1e-14)
+    assert torch.equal(interpolate(x0, eps, 0.0), x0) and torch.equal(interpolate(x0, eps, 1.0), eps)
+    # v is the time derivative of the straight path: x_s - x_{s-d} = d * v for any d
+    torch.testing.assert_close(interpolate(x0, eps, 0.7) - interpolate(x0, eps, 0.2), 0.5 * v, rtol=0, atol=1e-14)
+
+
+def test_shift_keeps_the_ends_is_monotone_and_one_is_the_identity() -> None:
     s = torch.linspace(0, 1, 101, dtype=torch.float64)
     for k in (0.5, 1.0, 3.0, 5.0):
         out = shift(s, k)
-        assert out[0] == 0 and out[-1] == 1 and bool((out[1:] > out[:-1]).all())
+        assert out[0] == 0.0 and out[-1] == pytest.approx(1.0, abs=1e-15)
+        assert bool((out[1:] > out[:-1]).all())
+        assert [shift(float(a), k) for a in s] == pytest.approx(out.tolist(), abs=1e-15)  # floats agree with tensors
     assert torch.equal(shift(s, 1.0), s)
-    assert shift(0.5, 3.0) == pytest.approx(0.75) and float(shift(torch.tensor(0.5), 3.0)) == pytest.approx(0.75)
-    with pytest.raises(ValueError, match="shift must be positive"):
-        shift(s, 0.0)
+    inner = s[1:-1]
+    assert bool((shift(inner, 3.0) > inner).all()) and bool((shift(inner, 0.5) < inner).all())  # k > 1: toward noise
+    assert shift(0.5, 3.0) == pytest.approx(0.75) and isinstance(shift(0.5, 3.0), float)
 
 
-@pytest.mark.parametrize("steps", [1, 4, 8, 50])
-def test_grid_walks_from_noise_to_data(steps: int) -> None:
+@pytest.mark.parametrize("k", [0.0, -1.0, float("nan")])
+def test_shift_rejects_a_non_positive_factor(k: float) -> None:
+    with pytest.raises(ValueError, match=r"shift factor k must be > 0 .* got k="):
+        shift(0.5, k)
+    with pytest.raises(ValueError, match="shift factor k must be > 0"):
+        grid(4, k, few=True)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8, 50])
+@pytest.mark.parametrize("k", [0.3, 1.0, 3.0])
+def test_grid_walks_from_noise_to_data_and_only_few_mode_tells_the_jump(steps: int, k: float) -> None:
+    expected = shift(torch.linspace(1, 0, steps + 1, dtype=torch.float64), k).tolist()
     for few in (False, True):
-        g = grid(steps, 3.0, few=few)
+        g = grid(steps, k, few=few)
         assert len(g) == steps and g[0][0] == 1.0
-        assert sum(step for _, step, _ in g) == pytest.approx(1.0, abs=1e-12)
-        assert g[-1][0] - g[-1][1] == 0.0  # ends exactly at data
+        assert g[-1][0] - g[-1][1] == 0.0  # ends exactly on data
+        assert sum(step for _, step, _ in g) == pytest.approx(1.0, abs=1e-14)
+        assert [s for s, _, _ in g] + [0.0] == pytest.approx(expected, abs=1e-15)
+        assert all(step > 0 for _, step, _ in g)
         assert all(d == (step if few else 0.0) for _, step, d in g)
-    if steps > 1:
-        g = grid(steps, 3.0, few=True)
-        assert g[0][1] < g[-1][1]  # shift > 1 spends small steps near noise
+        assert [b[0] for b in g[1:]] == pytest.approx([a[0] - a[1] for a in g[:-1]], abs=1e-15)  # contiguous steps
 
 
-def test_grid_rejects_zero_steps() -> None:
-    with pytest.raises(ValueError, match="steps >= 1"):
-        grid(0, few=False)
+def test_grid_shift_spends_small_steps_near_noise() -> None:
+    steps = [step for _, step, _ in grid(8, 3.0, few=True)]
+    assert steps[0] < steps[-1] and steps == sorted(steps)
+    assert [step for _, step, _ in grid(8, 1.0, few=True)] == pytest.approx([1 / 8] * 8, abs=1e-15)
 
 
-def test_noise_levels_are_bounded_seeded_and_shifted() -> None:
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    a = sample_noise_levels((4000,), generator=g())
-    assert a.min() >= 1e-3 and a.max() <= 1 - 1e-3
-    assert torch.equal(a, sample_noise_levels((4000,), generator=g()))
-    assert abs(a.mean().item() - 0.5) < 0.02  # logit-normal(0, 1) is symmetric
-    assert sample_noise_levels((4000,), generator=g(), shift_k=3.0).mean() > a.mean() + 0.1
-    u = sample_noise_levels((4000,), generator=g(), distribution="uniform")
-    assert abs(u.mean().item() - 0.5) < 0.02 and abs(u.std().item() - (1 / 12) ** 0.5) < 0.02
-    with pytest.raises(ValueError, match="distribution"):
-        sample_noise_levels((3,), distribution="beta")  # type: ignore[arg-type]
+@pytest.mark.parametrize("steps", [0, -2, 2.5, True])
+def test_grid_rejects_a_bad_number_of_steps(steps: object) -> None:
+    with pytest.raises(ValueError, match=r"steps must be an integer >= 1 .* got steps="):
+        grid(steps, few=False)  # type: ignore[arg-type]
+
+
+def test_noise_levels_are_bounded_shaped_and_seeded() -> None:
+    seeded = lambda seed=0: torch.Generator().manual_seed(seed)  # noqa: E731
+    for distribution in ("uniform", "logit_normal"):
+        draw = lambda seed=0: sample_noise_levels(  # noqa: E731
+            (64, 5), generator=seeded(seed), distribution=distribution, shift=5.0, eps=0.01
+        )
+        a = draw()
+        assert a.shape == (64, 5) and a.dtype == torch.float32
+        assert a.min() >= 0.01 and a.max() <= 0.99 and a.max() == 0.99  # shift 5 pushes some levels into the clamp
+        assert torch.equal(a, draw()) and not torch.equal(a, draw(1))
+
+
+def test_noise_level_distributions_and_shift_moves_them_toward_noise() -> None:
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    n = 20_000  # standard error of a mean of values in [0, 1]: <= 0.5 / sqrt(n) = 0.0035; tolerances are ~5 of them
+    logit = sample_noise_levels((n,), generator=seeded())
+    assert abs(logit.mean().item() - 0.5) < 0.02  # logit-normal(0, 1) is symmetric about 1/2
+    assert logit.std().item() < (1 / 12) ** 0.5 - 0.05  # and more concentrated than uniform (std 0.21 vs 0.29)
+    uniform = sample_noise_levels((n,), generator=seeded(), distribution="uniform")
+    assert abs(uniform.mean().item() - 0.5) < 0.02 and abs(uniform.std().item() - (1 / 12) ** 0.5) < 0.02
+    shifted = sample_noise_levels((n,), generator=seeded(), shift=3.0)
+    assert bool((shifted >= logit).all())  # same draws, each moved up by the shift
+    assert shifted.mean() > logit.mean() + 0.1
+    moved = sample_noise_levels((n,), generator=seeded(), loc=1.0)
+    assert moved.mean() > logit.mean() + 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"distribution": "beta"}, r"distribution must be 'uniform' or 'logit_normal', got distribution='beta'"),
+        ({"eps": 0.5}, r"eps must be in \[0, 0.5\) .* got eps=0.5"),
+        ({"scale": 0.0}, r"scale \(the std of the logit\) must be > 0, got scale=0.0"),
+        ({"shift": -1.0}, r"shift factor k must be > 0"),
+    ],
+)
+def test_noise_levels_reject_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sample_noise_levels((3,), **kwargs)  # type: ignore[arg-type]

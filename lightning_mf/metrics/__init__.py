@@ -1,7 +1,9 @@
 """Evaluation metrics as torchmetrics Metrics (accumulate over batches, reduce across processes): METHOD §6."""
 
+from lightning_mf.metrics.drift import IdentityDrift
 from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance, frechet_distance
 from lightning_mf.metrics.lipsync import LipSync
+from lightning_mf.metrics.oracle import OracleSync
 from lightning_mf.metrics.vowels import VowelClassifier, VowelErrorRate, train_vowel_classifier
 
 __all__ = [
@@ -9,7 +11,9 @@ __all__ = [
     "ClipFeatures",
     "FrameFeatures",
     "FrechetDistance",
+    "IdentityDrift",
     "LipSync",
+    "OracleSync",
     "VowelClassifier",
     "VowelErrorRate",
     "frechet_distance",

@@ -49,7 +49,7 @@ class NoiseSchedule:
 
     def draw(self, batch: int, chunks: int, device: torch.device) -> Tensor:
         return sample_noise_levels(
-            (batch, chunks), device=device, distribution=self.distribution, shift_k=self.shift, loc=self.loc, scale=self.scale
+            (batch, chunks), device=device, distribution=self.distribution, shift=self.shift, loc=self.loc, scale=self.scale
         )
 
 

@@ -1,33 +1,54 @@
 """Integrators over any velocity callable (METHOD §1, §5): one update rule for Multi and Few mode.
 
-``integrate`` walks a grid of ``(s, step, d)`` triples with ``x <- x - step * velocity(x, s, d)``; the grid
-decides the mode (``flow.grid(steps, shift, few=...)``). Heun averages with the velocity at the Euler-predicted
-point for instantaneous steps (d = 0), except the last step to s = 0, as in EDM. CFG is a wrapper.
+``integrate`` walks a grid of ``(s, step, d)`` triples with ``x <- x - step * velocity(x, s, d)``; the grid decides
+the mode (``flow.grid(steps, shift, few=...)``). Pure functions over modality dicts: no sampler state, no network
+types, so training rollouts, streaming and the tests' analytic fields all use the same code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lightning_mf.flow import AV, Velocity
 
 __all__ = ["guided", "integrate", "nfe"]
 
+Grid = Sequence[tuple[float, float, float]]  # (s, step, d), from flow.grid
 
-def integrate(velocity: Velocity, x: AV, grid: Sequence[tuple[float, float, float]], *, heun: bool = False) -> AV:
-    """Integrate from the first grid level to the last; returns a new dict (the input is not modified)."""
-    for s, step, d in grid:
+
+def _corrected(s: float, step: float, d: float, heun: bool) -> bool:
+    """Heun corrects instantaneous steps only (a Few-mode jump is already an average velocity), and not the last
+    step to s = 0, where the data-end velocity is the least reliable (EDM, Karras et al. 2022, Algorithm 1)."""
+    return heun and d == 0.0 and s - step > 0
+
+
+def integrate(
+    velocity: Velocity,
+    x: AV,
+    grid: Grid,
+    *,
+    heun: bool = False,
+    callback: Callable[[int, float, AV], None] | None = None,
+) -> AV:
+    """Move ``x`` from the grid's first level to its last (METHOD §1: ``x_{s-step} = x_s - step * u``).
+
+    Few mode (``d = step``) and Multi mode (``d = 0``, Euler or Heun) are the same loop. Returns a new dict; the
+    input tensors are not modified. ``callback(i, s, x)`` sees the state after step ``i`` (now at level ``s``).
+    """
+    for i, (s, step, d) in enumerate(grid):
         u = velocity(x, s, d)
-        if heun and d == 0.0 and s - step > 0:
-            predicted = {m: x[m] - step * u[m] for m in x}
-            u_next = velocity(predicted, s - step, 0.0)
+        if _corrected(s, step, d, heun):  # trapezoid: average with the velocity at the Euler-predicted point
+            u_next = velocity({m: x[m] - step * u[m] for m in x}, s - step, 0.0)
             u = {m: (u[m] + u_next[m]) / 2 for m in x}
         x = {m: x[m] - step * u[m] for m in x}
+        if callback is not None:
+            callback(i, s - step, x)
     return x
 
 
 def guided(cond: Velocity, uncond: Velocity, scale: float) -> Velocity:
-    """Classifier-free guidance ``u0 + scale (u1 - u0)``; scale 1 is ``cond`` alone (no extra evaluation)."""
+    """Classifier-free guidance ``u0 + scale (u1 - u0)`` (METHOD §3, §4.3). Scale 1 is ``cond`` itself, so it costs
+    no extra network evaluation; scale 0 is ``uncond``."""
     if scale == 1.0:
         return cond
 
@@ -38,7 +59,8 @@ def guided(cond: Velocity, uncond: Velocity, scale: float) -> Velocity:
     return velocity
 
 
-def nfe(grid: Sequence[tuple[float, float, float]], *, heun: bool = False, cfg: bool = False) -> int:
-    """Network evaluations of one ``integrate`` run (Heun adds one per corrected step; CFG doubles)."""
-    evaluations = sum(1 + (heun and d == 0.0 and s - step > 0) for s, step, d in grid)
+def nfe(grid: Grid, *, heun: bool, cfg: bool) -> int:
+    """Network evaluations one ``integrate`` run costs (METHOD §5 reports it): one per step, one more per Heun
+    correction, all doubled by CFG (pass ``cfg=False`` when the guidance scale is 1, since ``guided`` skips it)."""
+    evaluations = sum(1 + _corrected(s, step, d, heun) for s, step, d in grid)
     return evaluations * (2 if cfg else 1)

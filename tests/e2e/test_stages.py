@@ -43,6 +43,7 @@ def test_three_stage_configs_fit_and_predict(tiny_shards: Path, tmp_path: Path) 
     assert joint_ckpt.is_file()
     tags = EventAccumulator(str(runs / "joint")).Reload().Tags()["scalars"]
     assert {"train/fm_video", "train/fm_audio"} <= set(tags)
+    assert {"eval/fd_frames_multi50", "eval/oracle_sync_corr_multi50", "eval/vowel_error_rate_multi50"} <= set(tags)  # GenerationEval
 
     out = tmp_path / "predictions"
     run([

@@ -1,0 +1,172 @@
+"""GenerationEval: every N steps, generate from fixed held-out conditions, score, and show it in TensorBoard.
+
+The conditions (first frames and transcripts of the first ``num_clips`` validation windows) are taken once at the
+start of fit, and every run uses the same seed, so numbers are comparable across steps and runs. Each configured
+mode (a :class:`~lightning_mf.lit.base.SamplerConfig`, e.g. Multi 50 steps + CFG) generates the clips through the
+model's own streaming path; the metrics that apply to the model's modalities are logged as ``eval/<metric>_<mode>``
+and the first clip of each mode as a video (an animated GIF image, no moviepy needed) and an audio entry.
+Generation runs on global rank 0 only (no collectives), so it is safe under DDP.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+from torch import Tensor
+
+from lightning_mf.batch import AVBatch
+from lightning_mf.lit.base import FlowModule, SamplerConfig
+from lightning_mf.metrics.drift import IdentityDrift
+from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance
+from lightning_mf.metrics.oracle import OracleSync
+from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
+
+__all__ = ["GenerationEval", "gif_summary"]
+
+
+def gif_summary(tag: str, frames: Tensor, fps: int) -> Any:
+    """A TensorBoard image summary holding an animated GIF of ``frames`` (T, 3, H, W) uint8."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = [Image.fromarray(f.permute(1, 2, 0).cpu().numpy()) for f in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    height, width = images[0].height, images[0].width
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=buffer.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
+
+
+class GenerationEval(L.Callback):
+    """Scores generated clips during training.
+
+    Args:
+        every_n_steps: evaluate when ``global_step`` is a multiple of this (and at the end of fit).
+        num_clips: held-out windows whose conditions are reused every time.
+        modes: ``{name: SamplerConfig}``; default ``{"multi": model.sampler}``.
+        log_media: also log the first clip of each mode as video and audio.
+        vowel_classifier_clips: synthetic clips used to train the vowel classifier of the vowel error rate
+            (0 disables that metric, e.g. for real data whose tokens are not vowels).
+    """
+
+    def __init__(
+        self, every_n_steps: int = 200, num_clips: int = 4, modes: dict[str, SamplerConfig] | None = None,
+        log_media: bool = True, vowel_classifier_clips: int = 48,
+    ) -> None:
+        super().__init__()
+        if every_n_steps < 1 or num_clips < 2:
+            raise ValueError(f"GenerationEval needs every_n_steps >= 1 and num_clips >= 2, got {every_n_steps}, {num_clips}")
+        self.every_n_steps, self.num_clips, self.modes, self.log_media = every_n_steps, num_clips, modes, log_media
+        self.vowel_classifier_clips = vowel_classifier_clips
+        self.conditions: AVBatch | None = None
+        self.vowels = None
+        self.last: dict[str, float] = {}
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not isinstance(pl_module, FlowModule):
+            raise TypeError(f"GenerationEval works with FlowModule models, got {type(pl_module).__name__}")
+        windows: list[AVBatch] = []
+        for batch in trainer.datamodule.val_dataloader():
+            windows.append(batch)
+            if sum(b.size for b in windows) >= self.num_clips:
+                break
+        self.conditions = _take(windows, self.num_clips)
+        if "audio" in pl_module.seq.modalities and self.vowel_classifier_clips:
+            self.vowels = train_vowel_classifier(pl_module.spec, num_clips=self.vowel_classifier_clips)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
+
+    @rank_zero_only
+    @torch.no_grad()
+    def evaluate(self, trainer: L.Trainer, pl_module: FlowModule) -> dict[str, float]:
+        """Generate in every mode, compute the metrics, log them (and media); returns the scalars."""
+        if self.conditions is None:
+            return {}
+        device = pl_module.device
+        real = self.conditions.to(device)
+        modes = self.modes or {"multi": pl_module.sampler}
+        scalars: dict[str, float] = {}
+        was_training = pl_module.training
+        pl_module.eval()
+        for name, sampler in modes.items():
+            media = pl_module.generate(real, sampler=sampler)
+            for metric, value in self.scores(pl_module, real, media).items():
+                scalars[f"eval/{metric}_{name}"] = value
+            if self.log_media:
+                self._log_media(trainer, pl_module, name, media)
+        pl_module.train(was_training)
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+        self.last = scalars
+        return scalars
+
+    def scores(self, module: FlowModule, real: AVBatch, media: dict[str, Tensor]) -> dict[str, float]:
+        """Metrics of generated ``media`` against the real windows that gave the conditions."""
+        out: dict[str, float] = {}
+        if "video" in media:
+            fake_frames, real_frames = media["video"].flatten(0, 1), real.video.flatten(0, 1)  # (B*T, 3, H, W)
+            out["fd_frames"] = _frechet(FrameFeatures(), real_frames, fake_frames)
+            out["fd_clips"] = _frechet(ClipFeatures(), _clip_windows(real.video), _clip_windows(media["video"]))
+            drift = IdentityDrift(fps=module.spec.fps)
+            drift.update(media["video"])
+            out |= {k: float(v) for k, v in drift.compute().items()}
+            identities = [m.get("ground_truth", {}).get("identity") for m in real.meta]
+            if "audio" in media and all(identities):  # synthetic data: the mouth colour is known
+                sync = OracleSync(module.spec.samples_per_frame, max_lag=min(5, (media["video"].shape[1] - 3) // 2))
+                sync.update(media["video"], media["audio"], torch.tensor([i["mouth"] for i in identities], device=media["video"].device))
+                out |= {k: float(v) for k, v in sync.compute().items()}
+        if "audio" in media:
+            spf = module.spec.samples_per_frame
+            out["fd_audio"] = _frechet(AudioFeatures(module.spec.sample_rate), _audio_windows(real.audio, 4 * spf), _audio_windows(media["audio"], 4 * spf))
+            if self.vowels is not None:
+                vowel = VowelErrorRate(self.vowels.to(media["audio"].device))
+                vowel.update(media["audio"], [m["transcript"] for m in real.meta])
+                if int(vowel.total) > 0:
+                    out["vowel_error_rate"] = float(vowel.compute())
+        return out
+
+    def _log_media(self, trainer: L.Trainer, module: FlowModule, name: str, media: dict[str, Tensor]) -> None:
+        for logger in trainer.loggers:
+            writer = getattr(logger, "experiment", None)
+            if writer is None or not hasattr(writer, "add_audio"):
+                continue  # not TensorBoard
+            if "video" in media:
+                writer.file_writer.add_summary(gif_summary(f"eval/video_{name}", media["video"][0], module.spec.fps), trainer.global_step)
+            if "audio" in media:
+                writer.add_audio(f"eval/audio_{name}", media["audio"][0].float().cpu().clamp(-1, 1), trainer.global_step, sample_rate=module.spec.sample_rate)
+
+
+def _take(batches: list[AVBatch], count: int) -> AVBatch:
+    return AVBatch(
+        video=torch.cat([b.video for b in batches])[:count], audio=torch.cat([b.audio for b in batches])[:count],
+        start_frame=torch.cat([b.start_frame for b in batches])[:count],
+        keys=[k for b in batches for k in b.keys][:count], meta=[m for b in batches for m in b.meta][:count],
+    )
+
+
+def _clip_windows(video: Tensor, frames: int = 4) -> Tensor:
+    """(B, T, 3, H, W) -> non-overlapping windows (B * T // frames, frames, 3, H, W): enough samples for a covariance."""
+    usable = video.shape[1] // frames * frames
+    return video[:, :usable].reshape(-1, frames, *video.shape[2:])
+
+
+def _audio_windows(audio: Tensor, samples: int) -> Tensor:
+    usable = audio.shape[1] // samples * samples
+    return audio[:, :usable].reshape(-1, samples)
+
+
+def _frechet(feature: torch.nn.Module, real: Tensor, fake: Tensor) -> float:
+    metric = FrechetDistance(feature.to(real.device))
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())

@@ -1,0 +1,38 @@
+"""GenerationEval inside a real fit: scalars, a video (GIF image) and an audio entry that TensorBoard reads back."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_mf.callbacks import GenerationEval
+from lightning_mf.data.datamodule import AVDataModule
+from lightning_mf.lit import JointTraining
+from lightning_mf.lit.base import SamplerConfig
+from lightning_mf.models import TowerConfig
+from lightning_mf.spec import AVSpec
+
+
+def test_generation_eval_logs_scalars_video_and_audio(tiny_shards: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    spec = AVSpec()
+    model = JointTraining(spec=spec, tower=TowerConfig(dim=32, depth=1, heads=2, vocab_size=32))
+    dm = AVDataModule(root=str(tiny_shards), spec=spec, window_chunks=4, batch_size=2, batches_per_epoch=2)
+    callback = GenerationEval(every_n_steps=2, num_clips=2, modes={"multi2": SamplerConfig(steps=2, cfg_scale=2.0)}, vowel_classifier_clips=8)
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="eval", version="")
+    trainer = L.Trainer(max_steps=2, logger=logger, callbacks=[callback], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1)
+    trainer.fit(model, datamodule=dm)
+
+    expected = {"fd_frames", "fd_clips", "fd_audio", "drift_mean", "drift_w2", "oracle_sync_corr", "oracle_sync_lag", "vowel_error_rate"}
+    assert {f"eval/{name}_multi2" for name in expected} <= set(callback.last)
+    assert all(v == v and abs(v) < float("inf") for v in callback.last.values())  # finite
+    assert all(v >= 0 for k, v in callback.last.items() if not k.startswith("eval/oracle"))  # distances, rates
+    events = EventAccumulator(str(tmp_path / "eval"), size_guidance={"scalars": 0, "images": 0, "audio": 0}).Reload()
+    assert "eval/fd_frames_multi2" in events.Tags()["scalars"]
+    assert events.Scalars("eval/fd_frames_multi2")[-1].step == 2
+    gif = events.Images("eval/video_multi2")[-1]
+    assert gif.encoded_image_string[:6] == b"GIF89a" and (gif.width, gif.height) == (32, 32)  # 8 frames, animated
+    audio = events.Audio("eval/audio_multi2")[-1]
+    assert audio.sample_rate == 16000 and audio.length_frames == 8 * 1000
