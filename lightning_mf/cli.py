@@ -17,16 +17,21 @@ from lightning.pytorch.cli import LightningCLI
 
 from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.tools import shards
+from lightning_mf.tools.evaluate import evaluate
 
 __all__ = ["main", "run", "MFLightningCLI"]
 
 TRAINER_VERBS = ("fit", "validate", "test", "predict")
 
 
-TOOLS: dict[str, dict[str, Callable[..., object]]] = {
+TOOLS: dict[str, Callable[..., object] | dict[str, Callable[..., object]]] = {
     "shards": {"synthetic": shards.synthetic, "folder": shards.folder, "inspect": shards.inspect},
+    "evaluate": evaluate,
 }
-TOOL_HELP = {"shards": "write WebDataset shards (synthetic | folder) and inspect them"}
+TOOL_HELP = {
+    "shards": "write WebDataset shards (synthetic | folder) and inspect them",
+    "evaluate": "score a checkpoint's generations (lip sync, Fréchet, vowels, drift) against held-out data",
+}
 
 
 class MFLightningCLI(LightningCLI):

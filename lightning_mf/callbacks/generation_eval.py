@@ -26,7 +26,7 @@ from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatu
 from lightning_mf.metrics.oracle import OracleSync
 from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
 
-__all__ = ["GenerationEval", "gif_summary"]
+__all__ = ["GenerationEval", "gif_summary", "take_windows"]
 
 
 def gif_summary(tag: str, frames: Tensor, fps: int) -> Any:
@@ -70,14 +70,13 @@ class GenerationEval(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not isinstance(pl_module, FlowModule):
             raise TypeError(f"GenerationEval works with FlowModule models, got {type(pl_module).__name__}")
-        windows: list[AVBatch] = []
-        for batch in trainer.datamodule.val_dataloader():
-            windows.append(batch)
-            if sum(b.size for b in windows) >= self.num_clips:
-                break
-        self.conditions = _take(windows, self.num_clips)
-        if "audio" in pl_module.seq.modalities and self.vowel_classifier_clips:
-            self.vowels = train_vowel_classifier(pl_module.spec, num_clips=self.vowel_classifier_clips)
+        self.prepare(pl_module, take_windows(trainer.datamodule.val_dataloader(), self.num_clips))
+
+    def prepare(self, module: FlowModule, conditions: AVBatch) -> None:
+        """Fix the conditions (and train the vowel classifier when there is audio)."""
+        self.conditions = conditions
+        if "audio" in module.seq.modalities and self.vowel_classifier_clips:
+            self.vowels = train_vowel_classifier(module.spec, num_clips=self.vowel_classifier_clips)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % self.every_n_steps == 0:
@@ -110,8 +109,10 @@ class GenerationEval(L.Callback):
         self.last = scalars
         return scalars
 
-    def scores(self, module: FlowModule, real: AVBatch, media: dict[str, Tensor]) -> dict[str, float]:
-        """Metrics of generated ``media`` against the real windows that gave the conditions."""
+    def scores(self, module: FlowModule, real: AVBatch, media: dict[str, Tensor], meta: list[dict[str, Any]] | None = None) -> dict[str, float]:
+        """Metrics of ``media`` against the ``real`` windows. ``meta`` describes the clips that made the media
+        (their transcripts and, on synthetic data, identities); by default that is ``real.meta`` (the conditions)."""
+        meta = real.meta if meta is None else meta
         out: dict[str, float] = {}
         if "video" in media:
             fake_frames, real_frames = media["video"].flatten(0, 1), real.video.flatten(0, 1)  # (B*T, 3, H, W)
@@ -120,7 +121,7 @@ class GenerationEval(L.Callback):
             drift = IdentityDrift(fps=module.spec.fps)
             drift.update(media["video"])
             out |= {k: float(v) for k, v in drift.compute().items()}
-            identities = [m.get("ground_truth", {}).get("identity") for m in real.meta]
+            identities = [m.get("ground_truth", {}).get("identity") for m in meta]
             if "audio" in media and all(identities):  # synthetic data: the mouth colour is known
                 sync = OracleSync(module.spec.samples_per_frame, max_lag=min(5, (media["video"].shape[1] - 3) // 2))
                 sync.update(media["video"], media["audio"], torch.tensor([i["mouth"] for i in identities], device=media["video"].device))
@@ -130,7 +131,7 @@ class GenerationEval(L.Callback):
             out["fd_audio"] = _frechet(AudioFeatures(module.spec.sample_rate), _audio_windows(real.audio, 4 * spf), _audio_windows(media["audio"], 4 * spf))
             if self.vowels is not None:
                 vowel = VowelErrorRate(self.vowels.to(media["audio"].device))
-                vowel.update(media["audio"], [m["transcript"] for m in real.meta])
+                vowel.update(media["audio"], [m["transcript"] for m in meta])
                 if int(vowel.total) > 0:
                     out["vowel_error_rate"] = float(vowel.compute())
         return out
@@ -146,11 +147,24 @@ class GenerationEval(L.Callback):
                 writer.add_audio(f"eval/audio_{name}", media["audio"][0].float().cpu().clamp(-1, 1), trainer.global_step, sample_rate=module.spec.sample_rate)
 
 
-def _take(batches: list[AVBatch], count: int) -> AVBatch:
+def take_windows(loader: Any, count: int, skip: int = 0) -> AVBatch:
+    """The windows ``skip .. skip + count - 1`` of a loader of AVBatch, as one batch."""
+    batches: list[AVBatch] = []
+    for batch in loader:
+        batches.append(batch)
+        if sum(b.size for b in batches) >= skip + count:
+            break
+    total = sum(b.size for b in batches)
+    if total < skip + count:
+        raise ValueError(f"the loader holds {total} windows, fewer than the {skip + count} needed")
+    return _slice(batches, skip, skip + count)
+
+
+def _slice(batches: list[AVBatch], start: int, stop: int) -> AVBatch:
     return AVBatch(
-        video=torch.cat([b.video for b in batches])[:count], audio=torch.cat([b.audio for b in batches])[:count],
-        start_frame=torch.cat([b.start_frame for b in batches])[:count],
-        keys=[k for b in batches for k in b.keys][:count], meta=[m for b in batches for m in b.meta][:count],
+        video=torch.cat([b.video for b in batches])[start:stop], audio=torch.cat([b.audio for b in batches])[start:stop],
+        start_frame=torch.cat([b.start_frame for b in batches])[start:stop],
+        keys=[k for b in batches for k in b.keys][start:stop], meta=[m for b in batches for m in b.meta][start:stop],
     )
 
 

@@ -114,6 +114,10 @@ class FlowModule(L.LightningModule):
         self.net = AVTransformer({m: Tower(self.seq.token_dim(m), tower) for m in self.seq.modalities})
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay is not None else None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the class, so tools (``lightning-mf evaluate``) can rebuild any stage from the file alone."""
+        checkpoint["lightning_mf_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     # --------------------------------------------------------------------------------------- optimisation
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -61,11 +61,16 @@ def frame_labels(transcript: list[dict[str, Any]], num_frames: int, spec: AVSpec
 def train_vowel_classifier(
     spec: AVSpec = AVSpec(), *, num_clips: int = 48, seconds: float = 2.0, steps: int = 300, seed: int = 10_000
 ) -> VowelClassifier:
-    """Train on freshly synthesised clips (seeds ``seed .. seed + num_clips - 1``); a few seconds on a CPU."""
+    """Train on freshly synthesised clips (seeds ``seed .. seed + num_clips - 1``); a few seconds on a CPU.
+
+    Deterministic for a seed (initial weights included), without touching the caller's random state.
+    """
     generator = torch.Generator().manual_seed(seed)
     clips = [synthesize_clip(seed + i, spec, seconds) for i in range(num_clips)]
     audio = torch.stack([torch.from_numpy(c.audio) for c in clips])  # (N, S)
-    model = VowelClassifier(spec)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = VowelClassifier(spec)
     with torch.no_grad():
         mel_frames = model.codec.encode(audio[:1]).shape[1]
     labels = torch.stack([frame_labels(c.meta["transcript"], mel_frames, spec) for c in clips])  # (N, M)

@@ -104,3 +104,14 @@ def test_vowel_error_rate_is_high_for_the_wrong_transcript_or_noise(vowel_classi
     noise = VowelErrorRate(vowel_classifier)
     noise.update(torch.randn_like(audio) * 0.1, [c.meta["transcript"] for c in clips])
     assert wrong.compute() > 0.5 and noise.compute() > 0.5
+
+
+def test_vowel_classifier_training_is_deterministic_and_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = train_vowel_classifier(SPEC, num_clips=4, steps=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(999)
+    b = train_vowel_classifier(SPEC, num_clips=4, steps=3)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
