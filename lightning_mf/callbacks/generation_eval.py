@@ -23,8 +23,10 @@ from lightning_mf.batch import AVBatch
 from lightning_mf.lit.base import FlowModule, SamplerConfig
 from lightning_mf.metrics.drift import IdentityDrift
 from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance
+from lightning_mf.metrics.lipsync import LipSync
 from lightning_mf.metrics.oracle import OracleSync
 from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
+from lightning_mf.models.syncnet import SyncNet
 
 __all__ = ["GenerationEval", "gif_summary", "take_windows"]
 
@@ -51,19 +53,22 @@ class GenerationEval(L.Callback):
         log_media: also log the first clip of each mode as video and audio.
         vowel_classifier_clips: synthetic clips used to train the vowel classifier of the vowel error rate
             (0 disables that metric, e.g. for real data whose tokens are not vowels).
+        syncnet_weights: a SyncNet state_dict or ``SyncNetTraining`` checkpoint; enables LSE-D/LSE-C/AV offset.
+        max_offset: LipSync offsets in frames (capped to fit the windows).
     """
 
     def __init__(
         self, every_n_steps: int = 200, num_clips: int = 4, modes: dict[str, SamplerConfig] | None = None,
-        log_media: bool = True, vowel_classifier_clips: int = 48,
+        log_media: bool = True, vowel_classifier_clips: int = 48, syncnet_weights: str | None = None, max_offset: int = 15,
     ) -> None:
         super().__init__()
         if every_n_steps < 1 or num_clips < 2:
             raise ValueError(f"GenerationEval needs every_n_steps >= 1 and num_clips >= 2, got {every_n_steps}, {num_clips}")
         self.every_n_steps, self.num_clips, self.modes, self.log_media = every_n_steps, num_clips, modes, log_media
-        self.vowel_classifier_clips = vowel_classifier_clips
+        self.vowel_classifier_clips, self.syncnet_weights, self.max_offset = vowel_classifier_clips, syncnet_weights, max_offset
         self.conditions: AVBatch | None = None
         self.vowels = None
+        self.syncnet: SyncNet | None = None
         self.last: dict[str, float] = {}
 
     @rank_zero_only
@@ -77,6 +82,8 @@ class GenerationEval(L.Callback):
         self.conditions = conditions
         if "audio" in module.seq.modalities and self.vowel_classifier_clips:
             self.vowels = train_vowel_classifier(module.spec, num_clips=self.vowel_classifier_clips)
+        if self.syncnet_weights is not None:
+            self.syncnet = SyncNet(module.spec, weights=self.syncnet_weights).eval()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % self.every_n_steps == 0:
@@ -121,6 +128,10 @@ class GenerationEval(L.Callback):
             drift = IdentityDrift(fps=module.spec.fps)
             drift.update(media["video"])
             out |= {k: float(v) for k, v in drift.compute().items()}
+            if "audio" in media and self.syncnet is not None:
+                lipsync = LipSync(self.syncnet.to(media["video"].device), max_offset=min(self.max_offset, media["video"].shape[1] - 1))
+                lipsync.update(media["video"], media["audio"])
+                out |= {k: float(v) for k, v in lipsync.compute().items()}
             identities = [m.get("ground_truth", {}).get("identity") for m in meta]
             if "audio" in media and all(identities):  # synthetic data: the mouth colour is known
                 sync = OracleSync(module.spec.samples_per_frame, max_lag=min(5, (media["video"].shape[1] - 3) // 2))

@@ -50,6 +50,7 @@ def evaluate(
     window_chunks: int = 4,
     cfg_scale: float = 3.0,
     shift: float = 3.0,
+    syncnet: str | None = None,
     out: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Generate from held-out conditions in each mode and score the clips; print a table and write JSON.
@@ -65,13 +66,14 @@ def evaluate(
         window_chunks: chunks per window.
         cfg_scale: classifier-free guidance scale of the Multi modes.
         shift: timestep shift of the sampling grids.
+        syncnet: SyncNet weights (state_dict or SyncNetTraining checkpoint) for LSE-D, LSE-C and AV offset.
         out: path of the JSON report (optional).
     """
     module = load_module(ckpt)
     datamodule = AVDataModule(root=data, spec=module.spec, window_chunks=window_chunks, batch_size=num_clips)
     datamodule.setup("validate")
     conditions = take_windows(datamodule.val_dataloader(), num_clips)
-    callback = GenerationEval(num_clips=num_clips, log_media=False)
+    callback = GenerationEval(num_clips=num_clips, log_media=False, syncnet_weights=syncnet)
     callback.prepare(module, conditions)
     rows: dict[str, dict[str, float]] = {}
     try:

@@ -10,6 +10,7 @@ import torch
 from lightning_mf.cli import run
 from lightning_mf.lit import JointTraining
 from lightning_mf.models import TowerConfig
+from lightning_mf.models.syncnet import SyncNet
 from lightning_mf.spec import AVSpec
 
 
@@ -25,11 +26,13 @@ def _checkpoint(path: Path) -> Path:
 def test_evaluate_writes_a_reference_row_and_one_row_per_mode(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt = _checkpoint(tmp_path / "joint.ckpt")
     report = tmp_path / "report.json"
+    torch.save(SyncNet(AVSpec()).state_dict(), tmp_path / "syncnet.pt")  # untrained: only the plumbing is checked
     rows = run([
         "evaluate", "--ckpt", str(ckpt), "--data", str(tiny_shards), "--modes", "[multi2, multi2heun]",
-        "--num-clips", "2", "--window-chunks", "4", "--out", str(report),
+        "--num-clips", "2", "--window-chunks", "4", "--syncnet", str(tmp_path / "syncnet.pt"), "--out", str(report),
     ])
     assert list(rows) == ["real (held-out)", "multi2", "multi2heun"]
+    assert all({"lse_d", "lse_c", "av_offset"} <= set(row) for row in rows.values())
     real, generated = rows["real (held-out)"], rows["multi2"]
     assert real["oracle_sync_corr"] > 0.8 and real["drift_mean"] < 1.0  # real clips are in sync and stable
     assert generated["fd_frames"] > real["fd_frames"]  # an untrained model is far from the data
