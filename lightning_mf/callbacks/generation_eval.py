@@ -69,7 +69,9 @@ class GenerationEval(L.Callback):
         self.conditions: AVBatch | None = None
         self.vowels = None
         self.syncnet: SyncNet | None = None
+        self.features: dict[str, torch.nn.Module] = {}
         self.last: dict[str, float] = {}
+        self.last_step: int | None = None
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -78,8 +80,9 @@ class GenerationEval(L.Callback):
         self.prepare(pl_module, take_windows(trainer.datamodule.val_dataloader(), self.num_clips))
 
     def prepare(self, module: FlowModule, conditions: AVBatch) -> None:
-        """Fix the conditions (and train the vowel classifier when there is audio)."""
+        """Fix the conditions, build the feature networks (and train the vowel classifier when there is audio)."""
         self.conditions = conditions
+        self.features = {"frames": FrameFeatures(), "clips": ClipFeatures(), "audio": AudioFeatures(module.spec.sample_rate)}
         if "audio" in module.seq.modalities and self.vowel_classifier_clips:
             self.vowels = train_vowel_classifier(module.spec, num_clips=self.vowel_classifier_clips)
         if self.syncnet_weights is not None:
@@ -96,8 +99,8 @@ class GenerationEval(L.Callback):
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: FlowModule) -> dict[str, float]:
         """Generate in every mode, compute the metrics, log them (and media); returns the scalars."""
-        if self.conditions is None:
-            return {}
+        if self.conditions is None or self.last_step == trainer.global_step:  # fit end right after an evaluation
+            return self.last
         device = pl_module.device
         real = self.conditions.to(device)
         modes = self.modes or {"multi": pl_module.sampler}
@@ -113,7 +116,7 @@ class GenerationEval(L.Callback):
         pl_module.train(was_training)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
-        self.last = scalars
+        self.last, self.last_step = scalars, trainer.global_step
         return scalars
 
     def scores(self, module: FlowModule, real: AVBatch, media: dict[str, Tensor], meta: list[dict[str, Any]] | None = None) -> dict[str, float]:
@@ -123,8 +126,8 @@ class GenerationEval(L.Callback):
         out: dict[str, float] = {}
         if "video" in media:
             fake_frames, real_frames = media["video"].flatten(0, 1), real.video.flatten(0, 1)  # (B*T, 3, H, W)
-            out["fd_frames"] = _frechet(FrameFeatures(), real_frames, fake_frames)
-            out["fd_clips"] = _frechet(ClipFeatures(), _clip_windows(real.video), _clip_windows(media["video"]))
+            out["fd_frames"] = _frechet(self.features["frames"], real_frames, fake_frames)
+            out["fd_clips"] = _frechet(self.features["clips"], _clip_windows(real.video), _clip_windows(media["video"]))
             drift = IdentityDrift(fps=module.spec.fps)
             drift.update(media["video"])
             out |= {k: float(v) for k, v in drift.compute().items()}
@@ -139,7 +142,7 @@ class GenerationEval(L.Callback):
                 out |= {k: float(v) for k, v in sync.compute().items()}
         if "audio" in media:
             spf = module.spec.samples_per_frame
-            out["fd_audio"] = _frechet(AudioFeatures(module.spec.sample_rate), _audio_windows(real.audio, 4 * spf), _audio_windows(media["audio"], 4 * spf))
+            out["fd_audio"] = _frechet(self.features["audio"], _audio_windows(real.audio, 4 * spf), _audio_windows(media["audio"], 4 * spf))
             if self.vowels is not None:
                 vowel = VowelErrorRate(self.vowels.to(media["audio"].device))
                 vowel.update(media["audio"], [m["transcript"] for m in meta])
