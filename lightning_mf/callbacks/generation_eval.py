@@ -128,23 +128,23 @@ class GenerationEval(L.Callback):
             fake_frames, real_frames = media["video"].flatten(0, 1), real.video.flatten(0, 1)  # (B*T, 3, H, W)
             out["fd_frames"] = _frechet(self.features["frames"], real_frames, fake_frames)
             out["fd_clips"] = _frechet(self.features["clips"], _clip_windows(real.video), _clip_windows(media["video"]))
-            drift = IdentityDrift(fps=module.spec.fps)
+            drift = IdentityDrift(fps=module.spec.fps, **LOCAL)
             drift.update(media["video"])
             out |= {k: float(v) for k, v in drift.compute().items()}
             if "audio" in media and self.syncnet is not None:
-                lipsync = LipSync(self.syncnet.to(media["video"].device), max_offset=min(self.max_offset, media["video"].shape[1] - 1))
+                lipsync = LipSync(self.syncnet.to(media["video"].device), max_offset=min(self.max_offset, media["video"].shape[1] - 1), **LOCAL)
                 lipsync.update(media["video"], media["audio"])
                 out |= {k: float(v) for k, v in lipsync.compute().items()}
             identities = [m.get("ground_truth", {}).get("identity") for m in meta]
             if "audio" in media and all(identities):  # synthetic data: the mouth colour is known
-                sync = OracleSync(module.spec.samples_per_frame, max_lag=min(5, (media["video"].shape[1] - 3) // 2))
+                sync = OracleSync(module.spec.samples_per_frame, max_lag=min(5, (media["video"].shape[1] - 3) // 2), **LOCAL)
                 sync.update(media["video"], media["audio"], torch.tensor([i["mouth"] for i in identities], device=media["video"].device))
                 out |= {k: float(v) for k, v in sync.compute().items()}
         if "audio" in media:
             spf = module.spec.samples_per_frame
             out["fd_audio"] = _frechet(self.features["audio"], _audio_windows(real.audio, 4 * spf), _audio_windows(media["audio"], 4 * spf))
             if self.vowels is not None:
-                vowel = VowelErrorRate(self.vowels.to(media["audio"].device))
+                vowel = VowelErrorRate(self.vowels.to(media["audio"].device), **LOCAL)
                 vowel.update(media["audio"], [m["transcript"] for m in meta])
                 if int(vowel.total) > 0:
                     out["vowel_error_rate"] = float(vowel.compute())
@@ -193,8 +193,13 @@ def _audio_windows(audio: Tensor, samples: int) -> Tensor:
     return audio[:, :usable].reshape(-1, samples)
 
 
+# The callback computes on rank 0 alone: a metric must not wait for the other ranks in compute() (torchmetrics
+# all-gathers states whenever torch.distributed is initialised), or DDP training hangs.
+LOCAL = {"sync_on_compute": False}
+
+
 def _frechet(feature: torch.nn.Module, real: Tensor, fake: Tensor) -> float:
-    metric = FrechetDistance(feature.to(real.device))
+    metric = FrechetDistance(feature.to(real.device), **LOCAL)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     return float(metric.compute())

@@ -12,6 +12,8 @@ clip length (fractions [0, 0.2), [0.2, 0.6), [0.6, 1]) or, with ``window_seconds
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -69,8 +71,9 @@ class IdentityDrift(Metric):
         windows: tuple[float, ...] = (0.2, 0.6, 1.0),
         window_seconds: tuple[float, ...] | None = None,
         tolerance: float = 40.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)  # torchmetrics options, e.g. sync_on_compute=False for rank-local use
         edges = tuple(window_seconds) if window_seconds is not None else tuple(windows)
         if fps <= 0 or not edges or any(b <= a for a, b in zip((0.0, *edges), edges)):
             raise ValueError(

@@ -12,7 +12,7 @@ video** by o frames (audio delayed by 3 frames reports +3).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -56,8 +56,8 @@ class LipSync(Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, embedder: nn.Module | None = None, max_offset: int = 15) -> None:
-        super().__init__()
+    def __init__(self, embedder: nn.Module | None = None, max_offset: int = 15, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # torchmetrics options, e.g. sync_on_compute=False for rank-local use
         self.embedder, self.max_offset = embedder, max_offset
         self.add_state("lse_d_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("lse_c_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")

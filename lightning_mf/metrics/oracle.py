@@ -22,6 +22,8 @@ t + L, so **a positive lag is audio that lags the video** (audio delayed by 3 fr
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -159,8 +161,8 @@ class OracleSync(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, samples_per_frame: int, max_lag: int = 5) -> None:
-        super().__init__()
+    def __init__(self, samples_per_frame: int, max_lag: int = 5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # torchmetrics options, e.g. sync_on_compute=False for rank-local use
         if samples_per_frame <= 0 or max_lag < 0:
             raise ValueError(
                 f"OracleSync needs samples_per_frame > 0 and max_lag >= 0, got {samples_per_frame} and {max_lag}"

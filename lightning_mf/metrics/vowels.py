@@ -98,8 +98,8 @@ class VowelErrorRate(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, classifier: VowelClassifier, core: float = 0.6) -> None:
-        super().__init__()
+    def __init__(self, classifier: VowelClassifier, core: float = 0.6, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # torchmetrics options, e.g. sync_on_compute=False for rank-local use
         self.classifier, self.core = classifier, core
         self.add_state("errors", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
