@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import delay_audio
 
 from lightning_mf.data.synthetic import PRESETS, synthesize_clip
 from lightning_mf.lit import SyncNetTraining
@@ -18,15 +19,6 @@ from lightning_mf.models.syncnet import SyncNet
 from lightning_mf.objectives.contrastive import sync_contrastive_loss
 
 SPEC = PRESETS["tiny"].spec
-
-
-def _delay(audio: torch.Tensor, frames: int) -> torch.Tensor:
-    shift, out = frames * SPEC.samples_per_frame, torch.zeros_like(audio)
-    if shift >= 0:
-        out[:, shift:] = audio[:, : audio.shape[1] - shift]
-    else:
-        out[:, :shift] = audio[:, -shift:]
-    return out
 
 
 @pytest.mark.slow
@@ -53,7 +45,7 @@ def test_a_trained_syncnet_finds_the_true_offset() -> None:
     confidence = {}
     for shift in (0, 3, -3):
         metric = LipSync(net, max_offset=8)
-        metric.update(video, _delay(audio, shift))
+        metric.update(video, delay_audio(audio, shift * SPEC.samples_per_frame))
         result = metric.compute()
         assert int(result["av_offset"]) == shift  # positive: audio lags the video
         confidence[shift] = result["lse_c"]

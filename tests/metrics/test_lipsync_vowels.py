@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import delay_audio
 
 from lightning_mf.data.synthetic import PRESETS, synthesize_clip
 from lightning_mf.metrics.lipsync import LipSync, offset_distances
+from lightning_mf.metrics.oracle import audio_energy
 from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
 
 SPEC = PRESETS["tiny"].spec
@@ -19,10 +21,6 @@ def _window_embedding(series: torch.Tensor, half: int = 2) -> torch.Tensor:
     return padded.unfold(1, 2 * half + 1, 1)
 
 
-def _rms(audio: torch.Tensor) -> torch.Tensor:
-    return audio.reshape(audio.shape[0], -1, SPF).pow(2).mean(-1).sqrt()
-
-
 def _clips(seeds) -> tuple[torch.Tensor, torch.Tensor]:
     clips = [synthesize_clip(s, SPEC, 4.0) for s in seeds]
     mouth = torch.tensor(np.stack([c.meta["ground_truth"]["mouth_open"] for c in clips]), dtype=torch.float32)
@@ -30,28 +28,17 @@ def _clips(seeds) -> tuple[torch.Tensor, torch.Tensor]:
     return mouth, audio
 
 
-def _delay(audio: torch.Tensor, frames: int) -> torch.Tensor:
-    """Audio delayed (frames > 0) or advanced (frames < 0) by whole video frames, zero-filled."""
-    shift = frames * SPF
-    out = torch.zeros_like(audio)
-    if shift >= 0:
-        out[:, shift:] = audio[:, : audio.shape[1] - shift]
-    else:
-        out[:, :shift] = audio[:, -shift:]
-    return out
-
-
 def _lipsync(mouth: torch.Tensor, audio: torch.Tensor, max_offset: int = 8) -> dict[str, torch.Tensor]:
     metric = LipSync(max_offset=max_offset)
-    metric.update_embeddings(_window_embedding(mouth), _window_embedding(_rms(audio)))
+    metric.update_embeddings(_window_embedding(mouth), _window_embedding(audio_energy(audio, SPF)))
     return metric.compute()
 
 
 def test_lipsync_offset_is_zero_on_real_pairs_and_follows_a_shift() -> None:
     mouth, audio = _clips(range(6))
     assert int(_lipsync(mouth, audio)["av_offset"]) == 0
-    assert int(_lipsync(mouth, _delay(audio, 3))["av_offset"]) == 3  # audio lagging the video: positive
-    assert int(_lipsync(mouth, _delay(audio, -3))["av_offset"]) == -3
+    assert int(_lipsync(mouth, delay_audio(audio, 3 * SPF))["av_offset"]) == 3  # audio lagging the video: positive
+    assert int(_lipsync(mouth, delay_audio(audio, -3 * SPF))["av_offset"]) == -3
 
 
 def test_lipsync_confidence_is_higher_for_real_pairs_than_for_another_clips_audio() -> None:
@@ -64,7 +51,7 @@ def test_lipsync_confidence_is_higher_for_real_pairs_than_for_another_clips_audi
 
 def test_lipsync_accumulates_over_batches_like_one_batch() -> None:
     mouth, audio = _clips(range(4))
-    v, a = _window_embedding(mouth), _window_embedding(_rms(audio))
+    v, a = _window_embedding(mouth), _window_embedding(audio_energy(audio, SPF))
     whole, parts = LipSync(max_offset=5), LipSync(max_offset=5)
     whole.update_embeddings(v, a)
     parts.update_embeddings(v[:1], a[:1])

@@ -7,6 +7,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 import torch
+from helpers import delay_audio
 
 from lightning_mf.data.synthetic import PRESETS, synthesize_clip
 from lightning_mf.metrics.oracle import OracleSync, audio_energy, best_lag, lag_correlations, mouth_opening
@@ -23,16 +24,6 @@ def _clips(preset: str, seeds: tuple[int, ...] = SEEDS) -> tuple[torch.Tensor, t
     mouth = torch.tensor([c.meta["ground_truth"]["identity"]["mouth"] for c in clips])
     truth = torch.tensor([c.meta["ground_truth"]["mouth_open"] for c in clips])
     return video, audio, mouth, truth
-
-
-def _delay(audio: torch.Tensor, frames: int, spf: int) -> torch.Tensor:
-    """Audio delayed (frames > 0) or advanced (frames < 0) by whole video frames, zero-filled."""
-    shift, out = frames * spf, torch.zeros_like(audio)
-    if shift >= 0:
-        out[:, shift:] = audio[:, : audio.shape[1] - shift]
-    else:
-        out[:, :shift] = audio[:, -shift:]
-    return out
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
@@ -69,7 +60,7 @@ def test_oracle_sync_on_real_clips_finds_zero_and_known_shifts() -> None:
     results = {}
     for shift in (0, 3, -3):
         metric = OracleSync(spf, max_lag=5)
-        metric.update(video, _delay(audio, shift, spf))  # colours estimated from the frames
+        metric.update(video, delay_audio(audio, shift * spf))  # colours estimated from the frames
         results[shift] = metric.compute()
         assert int(results[shift]["oracle_sync_lag"]) == shift  # positive: audio delayed relative to the video
     assert results[0]["oracle_sync_corr"] > 0.8
