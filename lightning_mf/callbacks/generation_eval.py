@@ -2,7 +2,7 @@
 
 The conditions (first frames and transcripts of the first ``num_clips`` validation windows) are taken once at the
 start of fit, and every run uses the same seed, so numbers are comparable across steps and runs. Each configured
-mode (a :class:`~lightning_mf.lit.base.SamplerConfig`, e.g. Multi 50 steps + CFG) generates the clips through the
+mode (a :class:`~lightning_mf.lit.base.SamplerConfig`, e.g. Multi 50 steps + CFG, Few 4 jumps) generates the clips through the
 model's own streaming path; the metrics that apply to the model's modalities are logged as ``eval/<metric>_<mode>``
 and the first clip of each mode as a video (an animated GIF image, no moviepy needed) and an audio entry.
 Generation runs on global rank 0 only (no collectives), so it is safe under DDP.
@@ -49,7 +49,8 @@ class GenerationEval(L.Callback):
     Args:
         every_n_steps: evaluate when ``global_step`` is a multiple of this (and at the end of fit).
         num_clips: held-out windows whose conditions are reused every time.
-        modes: ``{name: SamplerConfig}``; default ``{"multi": model.sampler}``.
+        modes: ``{name: SamplerConfig}``, e.g. ``{"few4": {mode: few, steps: 4}, "multi50": {...}}``; default: the
+            model's own ``sampler``, named ``<mode><steps>``.
         log_media: also log the first clip of each mode as video and audio.
         vowel_classifier_clips: synthetic clips used to train the vowel classifier of the vowel error rate
             (0 disables that metric, e.g. for real data whose tokens are not vowels).
@@ -103,7 +104,7 @@ class GenerationEval(L.Callback):
             return self.last
         device = pl_module.device
         real = self.conditions.to(device)
-        modes = self.modes or {"multi": pl_module.sampler}
+        modes = self.modes or {f"{pl_module.sampler.mode}{pl_module.sampler.steps}": pl_module.sampler}
         scalars: dict[str, float] = {}
         was_training = pl_module.training
         pl_module.eval()

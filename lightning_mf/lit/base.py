@@ -6,7 +6,7 @@ import copy
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -18,7 +18,7 @@ from lightning_mf.data.media import encode_mp4, encode_wav
 from lightning_mf.flow import grid
 from lightning_mf.models.tower import Tower, TowerConfig
 from lightning_mf.models.transformer import AVTransformer, Tokens
-from lightning_mf.sampling.samplers import integrate
+from lightning_mf.sampling.samplers import integrate, nfe
 from lightning_mf.sampling.streaming import stream
 from lightning_mf.sequence import AVSequencer
 from lightning_mf.spec import AVSpec
@@ -45,27 +45,49 @@ class CodecConfig:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Multi-mode sampling for ``predict`` (METHOD §5): Euler or Heun with CFG on a shifted grid, streamed.
+    """How ``generate``/``predict`` sample each chunk (METHOD §5), streamed with the KV cache.
 
     Args:
-        steps: integration steps per chunk.
+        mode: ``multi`` (the network told d = 0: Euler/Heun steps, the quality reference) or ``few`` (the same
+            network told the jump d: 1-8 jumps, CFG distilled in by Mutual Forcing).
+        steps: integration steps (Multi) or jumps (Few) per chunk.
         shift: timestep shift of the grid.
-        cfg_scale: classifier-free guidance scale (1 = no guidance; a CFG step costs 2 evaluations).
-        heun: Heun (2nd order) instead of Euler.
+        cfg_scale: classifier-free guidance scale (1 = none; a CFG step costs 2 evaluations). ``None``: 3 in Multi
+            mode, 1 in Few mode.
+        heun: Heun (2nd order) instead of Euler for Multi steps (Few jumps are never corrected).
         window: chunks kept in the KV cache besides the first-frame sink (None = all).
         ctx_s: noise level at which generated chunks are written to the cache.
         seed: seed of the initial noise.
         use_ema: sample with the EMA weights.
     """
 
+    mode: Literal["multi", "few"] = "multi"
     steps: int = 50
     shift: float = 3.0
-    cfg_scale: float = 3.0
+    cfg_scale: float | None = None
     heun: bool = False
     window: int | None = None
     ctx_s: float = 0.0
     seed: int = 0
     use_ema: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("multi", "few"):
+            raise ValueError(f"SamplerConfig.mode must be 'multi' or 'few', got {self.mode!r}")
+
+    @property
+    def guidance(self) -> float:
+        """The CFG scale in effect (the mode's default when ``cfg_scale`` is None)."""
+        if self.cfg_scale is not None:
+            return self.cfg_scale
+        return 3.0 if self.mode == "multi" else 1.0
+
+    def grid(self) -> list[tuple[float, float, float]]:
+        return grid(self.steps, self.shift, few=self.mode == "few")
+
+    def nfe(self) -> int:
+        """Network evaluations per chunk, CFG counted twice (METHOD §5); the cache write adds one more."""
+        return nfe(self.grid(), heun=self.heun, cfg=self.guidance != 1.0)
 
 
 def paper_adamw(params: Any) -> torch.optim.Optimizer:
@@ -154,16 +176,16 @@ class FlowModule(L.LightningModule):
 
     def generate(self, batch: AVBatch, num_chunks: int | None = None, sampler: SamplerConfig | None = None) -> dict[str, Tensor]:
         """Stream ``num_chunks`` chunks (default: the window's) conditioned on the batch's first frames and
-        transcripts in Multi mode; returns media ``{"video": (B, T, 3, H, W) uint8, "audio": (B, S)}``."""
+        transcripts, in the sampler's mode (default: the module's ``sampler``); returns media ``{"video": (B, T, 3, H, W) uint8, "audio": (B, S)}``."""
         sampler = sampler or self.sampler
         net = self.ema if sampler.use_ema and self.ema is not None else self.net
         chunks = num_chunks or self.seq.num_chunks(batch)
         generator = torch.Generator(device=self.device).manual_seed(sampler.seed)
-        sample = partial(integrate, grid=grid(sampler.steps, sampler.shift, few=False), heun=sampler.heun)
+        sample = partial(integrate, grid=sampler.grid(), heun=sampler.heun)
         pieces = list(
             stream(
                 net, self.seq, sample, num_chunks=chunks, batch=batch.size, prefix=self.prefix(batch),
-                cond=self.condition(batch), cfg_scale=sampler.cfg_scale, window=sampler.window, ctx_s=sampler.ctx_s,
+                cond=self.condition(batch), cfg_scale=sampler.guidance, window=sampler.window, ctx_s=sampler.ctx_s,
                 generator=generator, device=self.device,
             )
         )

@@ -60,14 +60,24 @@ class TeacherForcing(FlowModule):
                 self.load_tower(modality, path, self.init_fields[modality])
 
     def load_tower(self, modality: str, path: str, field: str) -> None:
-        """Copy one tower's weights from a stage-1 checkpoint, after checking that it fits this model."""
+        """Copy one tower's weights from a stage-1 (or later) checkpoint, after checking that it fits this model."""
+        prefix = f"towers.{modality}."
+        weights = {k[len(prefix) :]: v for k, v in self.read_net(path, field, (modality,)).items() if k.startswith(prefix)}
+        for net in (self.net, self.ema):
+            if net is not None:
+                net.towers[modality].load_state_dict(weights)
+
+    def read_net(self, path: str, field: str, modalities: tuple[str, ...]) -> dict[str, Tensor]:
+        """The network weights (EMA if ``init_from_ema`` and present) of a checkpoint with the given towers and this
+        model's spec and tower size; errors name ``field`` (the config option that gave ``path``)."""
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{field}={path} does not exist; train stage 1 first (configs/tiny/{modality}_pretrain.yaml)")
+            raise FileNotFoundError(f"{field}={path} does not exist; train the earlier stage first (configs/tiny/)")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         hparams = checkpoint.get("hyper_parameters", {})
-        theirs = tuple(hparams.get("modalities") or (hparams.get("modality"),))
-        if modality not in theirs:
-            raise ValueError(f"{field}={path} is a checkpoint of {theirs} towers, not {modality!r}")
+        theirs = tuple(dict.fromkeys(k.split(".")[2] for k in checkpoint["state_dict"] if k.startswith("net.towers.")))
+        missing = [m for m in modalities if m not in theirs]
+        if missing:
+            raise ValueError(f"{field}={path} is a checkpoint of {theirs} towers, it has no {missing}")
         for name, mine in (("spec", self.spec), ("tower", self.tower_config)):
             theirs_value = hparams.get(name, mine)
             if isinstance(theirs_value, dict):  # LightningCLI stores dataclass arguments as dicts
@@ -75,11 +85,7 @@ class TeacherForcing(FlowModule):
             if theirs_value != mine:
                 raise ValueError(f"{field}={path} was trained with {name}={theirs_value}, this model has {name}={mine}; make them equal")
         source = "ema" if self.init_from_ema and any(k.startswith("ema.") for k in checkpoint["state_dict"]) else "net"
-        prefix = f"{source}.towers.{modality}."
-        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        self.net.towers[modality].load_state_dict(weights)
-        if self.ema is not None:
-            self.ema.towers[modality].load_state_dict(weights)
+        return {k[len(source) + 1 :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(f"{source}.")}
 
     def flow_matching(self, batch: AVBatch, cfg_dropout: float = 0.0) -> FlowMatchingResult:
         x0 = self.seq.encode(batch)

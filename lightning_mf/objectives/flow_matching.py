@@ -20,7 +20,7 @@ from lightning_mf.flow import interpolate, sample_noise_levels, velocity_target
 from lightning_mf.models.transformer import AVTransformer, Tokens
 from lightning_mf.sequence import AVSequencer, concat
 
-__all__ = ["FlowMatchingResult", "NoiseSchedule", "teacher_forcing_flow_matching"]
+__all__ = ["FlowMatchingResult", "NoiseSchedule", "TeacherForced", "teacher_forcing_flow_matching"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,65 @@ class FlowMatchingResult:
         return out
 
 
+class TeacherForced:
+    """The model's velocity for noisy chunks 1..L that see a clean *history* of chunks < k: the teacher-forcing
+    layout ``[prefix ; history ; noisy]`` as a :data:`~lightning_mf.flow.Velocity` callable (METHOD §4).
+
+    Stage 2 passes the real chunks as history (teacher forcing); Mutual Forcing passes what its Few mode rolled
+    out, so its flow-matching, ShortCut and DMD terms all train every chunk in one pass on that history. The
+    noisy chunks never attend to each other, so each one gets exactly what streaming gives it after generating
+    the history chunk by chunk (the KV-cache equivalence of ``models/``).
+
+    Args:
+        net: the model to run (the shared model, a fake score or a frozen teacher).
+        seq: chunk geometry.
+        history: clean chunks ``{m: (B, H * tokens_per_chunk, C)}``, H >= 0 (chunks 1..H).
+        prefix: the first-frame prefix (chunk 0).
+        cond: transcript conditioning.
+        history_levels: noise level of each history token ``{m: (B, H * n)}`` (context noise); None = clean.
+        window: sliding window in chunks (the training equivalent of a rolling cache); None = all.
+    """
+
+    def __init__(
+        self,
+        net: AVTransformer,
+        seq: AVSequencer,
+        history: dict[str, Tensor],
+        prefix: dict[str, Tokens],
+        cond: Cond | None,
+        history_levels: dict[str, Tensor] | None = None,
+        window: int | None = None,
+    ) -> None:
+        self.net, self.seq, self.history, self.prefix, self.cond, self.window = net, seq, history, prefix, cond, window
+        self.history_levels = history_levels or {m: torch.zeros(h.shape[:2], device=h.device) for m, h in history.items()}
+
+    def using(self, *, net: AVTransformer | None = None, cond: Cond | None | str = "same") -> TeacherForced:
+        """The same history seen by another network or under another conditioning (e.g. CFG's unconditional)."""
+        return TeacherForced(
+            net or self.net, self.seq, self.history, self.prefix, self.cond if cond == "same" else cond,
+            self.history_levels, self.window,
+        )
+
+    def levels(self, modality: str, s: Tensor | float | dict[str, Tensor], like: Tensor) -> Tensor:
+        """Per-token levels (B, N) from a float, per-sample (B,), per-chunk (B, L) or a dict of those."""
+        s = s[modality] if isinstance(s, dict) else s
+        s = torch.as_tensor(s, dtype=like.dtype, device=like.device)
+        if s.ndim == 0:
+            return s.expand(like.shape[:2])
+        if s.ndim == 1:
+            return s[:, None].expand(like.shape[:2])
+        return self.seq.per_token(modality, s)
+
+    def __call__(self, x: dict[str, Tensor], s: Tensor | float | dict[str, Tensor], d: Tensor | float = 0.0) -> dict[str, Tensor]:
+        """Velocities ``{m: (B, L * n, C)}`` of the noisy chunks ``x`` at levels ``s`` and step sizes ``d`` (B,)."""
+        levels = {m: self.levels(m, s, xm) for m, xm in x.items()}
+        history = {m: h for m, h in self.history.items() if h.shape[1] > 0}
+        parts = [self.prefix, self.seq.chunk_tokens(history, self.history_levels, 1, clean=True)] if history else [self.prefix]
+        tokens = concat(parts + [self.seq.chunk_tokens(x, levels, 1, clean=False)])
+        v = self.net(tokens, d=d, cond=self.cond, window=self.window)
+        return {m: v[m][:, -xm.shape[1] :] for m, xm in x.items()}  # the noisy part is last
+
+
 def teacher_forcing_flow_matching(
     net: AVTransformer,
     seq: AVSequencer,
@@ -84,25 +143,29 @@ def teacher_forcing_flow_matching(
     prefix: dict[str, Tokens],
     cond: Cond | None,
     schedule: NoiseSchedule,
+    history: dict[str, Tensor] | None = None,
+    window: int | None = None,
 ) -> FlowMatchingResult:
-    """One teacher-forcing pass over clean chunk tokens ``x0 = {m: (B, L * tokens_per_chunk, C)}``."""
+    """One pass over clean chunk tokens ``x0 = {m: (B, L * tokens_per_chunk, C)}`` at ``d = 0``: every chunk
+    learns its real flow given ``history`` (default: ``x0`` itself, i.e. teacher forcing)."""
     first = next(iter(x0.values()))
     batch, device = first.shape[0], first.device
     chunks = first.shape[1] // seq.tokens_per_chunk(next(iter(x0)))
     shared = schedule.draw(batch, chunks, device)
-    noisy, clean, levels, targets = {}, {}, {}, {}
-    clean_levels = {}
+    history = x0 if history is None else history
+    noisy, levels, chunk_levels, targets, context, context_levels = {}, {}, {}, {}, {}, {}
     for m, x in x0.items():
         s_chunk = schedule.draw(batch, chunks, device) if schedule.independent_modalities else shared  # (B, L)
         s = seq.per_token(m, s_chunk)  # (B, N)
+        chunk_levels[m] = s_chunk
         eps = torch.randn_like(x)
         noisy[m], levels[m], targets[m] = interpolate(x, eps, s[..., None]), s, velocity_target(x, eps)
+        h = history[m]
         if schedule.context_noise > 0:
-            c = seq.per_token(m, torch.rand(batch, chunks, device=device) * schedule.context_noise)
-            clean[m], clean_levels[m] = interpolate(x, torch.randn_like(x), c[..., None]), c
+            c = seq.per_token(m, torch.rand(batch, h.shape[1] // seq.tokens_per_chunk(m), device=device) * schedule.context_noise)
+            context[m], context_levels[m] = interpolate(h, torch.randn_like(h), c[..., None]), c
         else:
-            clean[m], clean_levels[m] = x, torch.zeros_like(s)
-    tokens = concat([prefix, seq.chunk_tokens(clean, clean_levels, 1, clean=True), seq.chunk_tokens(noisy, levels, 1, clean=False)])
-    v = net(tokens, d=0.0, cond=cond)
-    errors = {m: (v[m][:, -x.shape[1] :] - targets[m]).pow(2).mean(-1) for m, x in x0.items()}  # noisy part is last
+            context[m], context_levels[m] = h, torch.zeros(h.shape[:2], device=device)
+    v = TeacherForced(net, seq, context, prefix, cond, context_levels, window)(noisy, chunk_levels, 0.0)
+    errors = {m: (v[m] - targets[m]).pow(2).mean(-1) for m in x0}
     return FlowMatchingResult(errors=errors, levels=levels)

@@ -35,7 +35,7 @@ def stream(
     num_chunks: int,
     batch: int,
     prefix: dict[str, Tokens] | None = None,
-    cond: Cond | None = None,
+    cond: Cond | Callable[[int], Cond] | None = None,
     cfg_scale: float = 1.0,
     window: int | None = None,
     ctx_s: float = 0.0,
@@ -51,17 +51,21 @@ def stream(
         num_chunks: chunks to generate (may exceed the training length when ``window`` is set).
         batch: number of streams generated together.
         prefix: the clean first-frame prefix (chunk 0), the window's sink.
-        cond: transcript conditioning; ``cfg_scale != 1`` guides against its unconditional version.
+        cond: transcript conditioning, or a function of the chunk index k >= 1 giving each chunk's (e.g. the words
+            near it, for streams longer than the training windows); ``cfg_scale != 1`` guides against its
+            unconditional version. The prefix is written with chunk 1's conditioning.
         window: chunks kept in the cache besides the sink (None keeps everything).
         ctx_s: noise level at which generated chunks are written to the cache (0 = clean).
         generator: source of the initial noise (a seeded generator makes the stream deterministic).
     """
     cache = KVCache(window)
+    cond_of = cond if callable(cond) else (lambda k: cond)
     if prefix:
-        net(prefix, cond=cond, cache=cache, write=True)
-    uncond = cond.unconditional() if cond is not None and cfg_scale != 1.0 else None
+        net(prefix, cond=cond_of(1), cache=cache, write=True)
 
     for k in range(1, num_chunks + 1):
+        chunk_cond = cond_of(k)
+        uncond = chunk_cond.unconditional() if chunk_cond is not None and cfg_scale != 1.0 else None
         geometry = {m: seq.positions(m, k, 1, device=device) for m in seq.modalities}  # pos (n, 3), chunk (n,)
 
         def tokens(x: AV, s: float) -> dict[str, Tokens]:
@@ -74,7 +78,7 @@ def stream(
         def velocity_with(c: Cond | None) -> Velocity:
             return lambda x, s, d: net(tokens(x, s), d=d, cond=c, cache=cache)
 
-        velocity = velocity_with(cond)
+        velocity = velocity_with(chunk_cond)
         if uncond is not None:
             velocity = guided(velocity, velocity_with(uncond), cfg_scale)
         noise = {
@@ -83,6 +87,6 @@ def stream(
         }
         x = sample(velocity, noise)
         context = x if ctx_s == 0.0 else {m: interpolate(v, torch.randn_like(v), ctx_s) for m, v in x.items()}
-        net(tokens(context, ctx_s), cond=cond, cache=cache, write=True)
+        net(tokens(context, ctx_s), cond=chunk_cond, cache=cache, write=True)
         yield x
 

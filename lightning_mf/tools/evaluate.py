@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -34,11 +36,15 @@ def load_module(ckpt: str) -> FlowModule:
 
 
 def parse_mode(mode: str, cfg_scale: float, shift: float) -> SamplerConfig:
-    """``multi50`` -> Multi mode, 50 Euler steps with CFG; ``multi50heun`` -> Heun. (Few modes come with stage 3.)"""
-    match = re.fullmatch(r"multi(\d+)(heun)?", mode)
-    if match is None:
-        raise ValueError(f"--modes: unknown mode {mode!r}; use multi<steps>, e.g. multi50 or multi25heun")
-    return SamplerConfig(steps=int(match.group(1)), heun=bool(match.group(2)), cfg_scale=cfg_scale, shift=shift)
+    """``multi50`` -> Multi mode, 50 Euler steps with CFG ``cfg_scale``; ``multi50heun`` -> Heun; ``few4`` -> Few mode,
+    4 jumps without CFG (Mutual Forcing distils it in)."""
+    match = re.fullmatch(r"(multi|few)(\d+)(heun)?", mode)
+    if match is None or (match.group(1) == "few" and match.group(3)):
+        raise ValueError(f"--modes: unknown mode {mode!r}; use multi<steps>[heun] or few<jumps>, e.g. multi50, multi25heun, few4")
+    kind = match.group(1)
+    return SamplerConfig(
+        mode=kind, steps=int(match.group(2)), heun=bool(match.group(3)), cfg_scale=cfg_scale if kind == "multi" else 1.0, shift=shift
+    )
 
 
 def evaluate(
@@ -51,6 +57,7 @@ def evaluate(
     cfg_scale: float = 3.0,
     shift: float = 3.0,
     syncnet: str | None = None,
+    seed: int = 0,
     out: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Generate from held-out conditions in each mode and score the clips; print a table and write JSON.
@@ -59,14 +66,15 @@ def evaluate(
     what a perfect generator would get.
 
     Args:
-        ckpt: checkpoint of a training stage (stage 1 or 2).
+        ckpt: checkpoint of a training stage (1, 2 or Mutual Forcing).
         data: shard folder whose validation split gives the conditions (first frames, transcripts).
-        modes: sampling modes, e.g. multi50 (Multi mode, 50 Euler steps + CFG) or multi25heun.
+        modes: sampling modes: multi50 (Multi mode, 50 Euler steps + CFG), multi25heun, few4 (Few mode, 4 jumps).
         num_clips: windows generated per mode (the reference row needs twice as many held-out windows).
         window_chunks: chunks per window.
         cfg_scale: classifier-free guidance scale of the Multi modes.
         shift: timestep shift of the sampling grids.
         syncnet: SyncNet weights (state_dict or SyncNetTraining checkpoint) for LSE-D, LSE-C and AV offset.
+        seed: seed of the generation noise (the conditions are always the first held-out windows).
         out: path of the JSON report (optional).
     """
     module = load_module(ckpt)
@@ -84,10 +92,14 @@ def evaluate(
         print(f"no reference row: {exc}")
     with torch.no_grad():
         for mode in modes:
-            rows[mode] = callback.scores(module, conditions, module.generate(conditions, sampler=parse_mode(mode, cfg_scale, shift)))
+            sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift), seed=seed)
+            start = time.perf_counter()
+            media = module.generate(conditions, sampler=sampler)
+            seconds = time.perf_counter() - start
+            rows[mode] = callback.scores(module, conditions, media) | {"nfe_per_chunk": sampler.nfe(), "generate_seconds": seconds}
     _print_table(rows)
     if out is not None:
-        Path(out).write_text(json.dumps({"ckpt": ckpt, "data": data, "num_clips": num_clips, "rows": rows}, indent=1))
+        Path(out).write_text(json.dumps({"ckpt": ckpt, "data": data, "num_clips": num_clips, "seed": seed, "rows": rows}, indent=1))
         print(f"report: {out}")
     return rows
 

@@ -12,6 +12,7 @@ from lightning_mf.lit import JointTraining
 from lightning_mf.models import TowerConfig
 from lightning_mf.models.syncnet import SyncNet
 from lightning_mf.spec import AVSpec
+from lightning_mf.tools.evaluate import parse_mode
 
 
 def _checkpoint(path: Path) -> Path:
@@ -45,8 +46,15 @@ def test_evaluate_names_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="--ckpt .*missing.ckpt does not exist"):
         run(["evaluate", "--ckpt", str(tmp_path / "missing.ckpt")])
     ckpt = _checkpoint(tmp_path / "joint.ckpt")
-    with pytest.raises(ValueError, match="unknown mode 'few4'"):
-        from lightning_mf.tools.evaluate import parse_mode
-
-        parse_mode("few4", 3.0, 3.0)
+    for bad in ("few4heun", "multi", "dmd4"):
+        with pytest.raises(ValueError, match=f"unknown mode '{bad}'"):
+            parse_mode(bad, 3.0, 3.0)
     assert ckpt.is_file()
+
+
+def test_modes_parse_to_samplers_with_their_nfe() -> None:
+    multi, heun, few = parse_mode("multi50", 5.0, 3.0), parse_mode("multi25heun", 5.0, 3.0), parse_mode("few4", 5.0, 3.0)
+    assert (multi.mode, multi.steps, multi.guidance, multi.nfe()) == ("multi", 50, 5.0, 100)  # CFG counts twice
+    assert (heun.heun, heun.nfe()) == (True, 2 * (25 + 24))  # no correction on the last step
+    assert (few.mode, few.steps, few.guidance, few.nfe()) == ("few", 4, 1.0, 4)  # CFG is distilled into Few mode
+    assert all(d > 0 for _, _, d in few.grid()) and all(d == 0 for _, _, d in multi.grid())

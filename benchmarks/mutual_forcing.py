@@ -1,0 +1,162 @@
+"""The paper's headline on the tiny preset: Few 1/2/4/8 vs Multi 50 + CFG of the Mutual Forcing model, the three
+baselines at 4 jumps, and the stage-3 training step time. Run ``benchmarks/headline.sh`` for the whole pipeline
+(stages 1 -> 2 -> 3 and the baselines), then:
+
+    python benchmarks/mutual_forcing.py steps --steps 10 --write docs/benchmarks.md
+    python benchmarks/mutual_forcing.py headline --runs runs/tiny --data data/bench --seeds 0 1 2 --write docs/benchmarks.md
+
+``headline`` scores every checkpoint with ``lightning-mf evaluate``'s code (same held-out conditions, one
+generation seed per repeat) and reports mean +- std over the seeds, NFE per chunk (CFG counts 2) and the
+generation wall-clock relative to Multi 50 + CFG. ``steps`` times one training step (rollout, losses, both
+optimizers, EMA) of each stage-3 config at the tiny shapes with the config's batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from report import machine, write_section
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE3 = ("mutual_forcing", "baseline_shortcut_tf", "baseline_dmd_tf", "baseline_dmd_sf")
+MF_MODES = ("few1", "few2", "few4", "few8", "multi50")
+METRICS = (
+    ("fd_frames", "FD frames"), ("fd_clips", "FD clips"), ("fd_audio", "FD audio"), ("oracle_sync_corr", "oracle sync r"),
+    ("lse_c", "LSE-C"), ("lse_d", "LSE-D"), ("vowel_error_rate", "vowel err"), ("drift_mean", "drift"),
+)
+
+
+class StepTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter() - self.started)
+
+
+def step_times(steps: int) -> list[str]:
+    from lightning.pytorch.cli import instantiate_class
+
+    from lightning_mf.data.datamodule import AVDataModule
+    from lightning_mf.data.shards import ShardSummary, synthetic_sources, write_shards
+    from lightning_mf.data.synthetic import PRESETS
+    from lightning_mf.lit import MutualForcing
+    from lightning_mf.models import TowerConfig
+    from lightning_mf.objectives import NoiseSchedule
+    from lightning_mf.spec import AVSpec
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in STAGE3:
+            config = yaml.safe_load((REPO / "configs" / "tiny" / f"{name}.yaml").read_text())
+            args, data = dict(config["model"]["init_args"]), config["data"]
+            spec = AVSpec(**data["spec"])
+            if not any(Path(tmp).glob("*.tar")):
+                summary = ShardSummary(fps=spec.fps, sample_rate=spec.sample_rate, height=spec.height, width=spec.width, clip_seconds=PRESETS["tiny"].clip_seconds, origin="bench")
+                write_shards(synthetic_sources("tiny", 32), tmp, summary, val_fraction=0.0, progress=False)
+            for key in ("init_ckpt", "sampler", "tower", "codec", "noise", "optimizer", "fake_optimizer"):
+                args.pop(key, None)
+            L.seed_everything(0)
+            given = config["model"]["init_args"]
+            model = MutualForcing(
+                spec=spec, tower=TowerConfig(**given["tower"]), noise=NoiseSchedule(**given["noise"]),
+                optimizer=partial(instantiate_class, init=given["optimizer"]),
+                fake_optimizer=partial(instantiate_class, init=given["fake_optimizer"]), **args,
+            )
+            dm = AVDataModule(root=tmp, spec=spec, window_chunks=data["window_chunks"], batch_size=data["batch_size"], batches_per_epoch=steps + 3)
+            timer = StepTimer()
+            trainer = L.Trainer(
+                max_steps=steps + 3, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                limit_val_batches=0, enable_model_summary=False, callbacks=[timer],
+            )
+            trainer.fit(model, dm)
+            chunks = args.get("chunks") or [data["window_chunks"]] * 2
+            rows.append(f"| {name} | {args['history']} | {chunks[0]}-{chunks[1]} | {statistics.median(timer.times[3:]) * 1e3:.0f} ms |")
+    return rows
+
+
+def headline(runs: Path, data: str, seeds: list[int], clips: int, syncnet: str | None) -> tuple[str, str]:
+    from lightning_mf.tools.evaluate import evaluate
+
+    plan = [("mutual_forcing", mode) for mode in MF_MODES] + [(name, "few4") for name in STAGE3[1:]] + [("joint", "multi50")]
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    reference: list[dict[str, float]] = []
+    for name in dict.fromkeys(n for n, _ in plan):
+        ckpt = runs / name / "checkpoints" / "last.ckpt"
+        modes = tuple(m for n, m in plan if n == name)
+        for seed in seeds:
+            with contextlib.redirect_stdout(io.StringIO()):
+                rows = evaluate(ckpt=str(ckpt), data=data, modes=modes, num_clips=clips, syncnet=syncnet, seed=seed, cfg_scale=3.0)
+            if name == "mutual_forcing":
+                reference.append(rows["real (held-out)"])
+            for mode in modes:
+                results.setdefault((name, mode), []).append(rows[mode])
+            print(f"{name} seed {seed}: done", flush=True)
+    base_seconds = statistics.mean(r["generate_seconds"] for r in results[("mutual_forcing", "multi50")])
+    present = [(k, label) for k, label in METRICS if k in reference[0]]
+    header = "| model | mode | NFE/chunk | gen time | " + " | ".join(label for _, label in present) + " |"
+    lines = [header, "|" + "---|" * (4 + len(present))]
+    lines.append("| real held-out | - | - | - | " + " | ".join(_cell([r[k] for r in reference]) for k, _ in present) + " |")
+    for (name, mode), rows in results.items():
+        seconds = statistics.mean(r["generate_seconds"] for r in rows)
+        cells = [_cell([r[k] for r in rows]) if k in rows[0] else "-" for k, _ in present]
+        lines.append(f"| {name} | {mode} | {int(rows[0]['nfe_per_chunk'])} | {seconds:.2f} s ({base_seconds / seconds:.1f}x) | " + " | ".join(cells) + " |")
+    command = f"python benchmarks/mutual_forcing.py headline --runs {runs} --data {data} --seeds {' '.join(map(str, seeds))} --clips {clips}"
+    return command, "\n".join(lines)
+
+
+def _cell(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3g} ± {spread:.2g}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p_steps = sub.add_parser("steps")
+    p_steps.add_argument("--steps", type=int, default=10)
+    p_steps.add_argument("--write", type=Path, default=None)
+    p_head = sub.add_parser("headline")
+    p_head.add_argument("--runs", type=Path, default=Path("runs/tiny"))
+    p_head.add_argument("--data", default="data/bench")
+    p_head.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p_head.add_argument("--clips", type=int, default=12)
+    p_head.add_argument("--syncnet", default=None)
+    p_head.add_argument("--write", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    if args.what == "steps":
+        table = "\n".join(["| config | history | chunks/step | step |", "|---|---|---|---|"] + step_times(args.steps))
+        body = (
+            f"## Stage-3 training step, tiny configs (batch 8 windows)\n\n`python benchmarks/mutual_forcing.py steps --steps "
+            f"{args.steps}` on {machine()}, {time.strftime('%Y-%m-%d')}; median of {args.steps} steps after 3 warm-up "
+            f"steps, random init (rollout, every loss, both optimizers, EMA).\n\n{table}"
+        )
+        print(write_section(args.write, "stage3-steps", body) if args.write else body)
+        return
+    command, table = headline(args.runs, args.data, args.seeds, args.clips, args.syncnet)
+    body = (
+        f"## Headline: Few vs Multi of one Mutual Forcing model, and the baselines (tiny synthetic)\n\n`{command}` on "
+        f"{machine()}, {time.strftime('%Y-%m-%d')}. Checkpoints from `bash benchmarks/headline.sh`. Mean ± std over "
+        f"generation seeds (same conditions); gen time is the wall-clock of generating all clips, with the speed-up "
+        f"over Multi 50 + CFG of the same model.\n\n{table}"
+    )
+    print(write_section(args.write, "headline", body) if args.write else body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Stage 3, Mutual Forcing (METHOD §4.3), and the paper's baselines as configurations of the same step.
+
+One training step on real windows X[1..L] (L drawn per batch):
+
+1. *Few mode writes the history*: chunks 1..L-1 are generated under ``no_grad`` by :func:`stream`, the inference
+   code path (KV cache, few-step grid, first-frame sink, rolling window). Alternatives: ``sdedit`` (each chunk
+   Few-sampled from its noised real version) and ``real`` (teacher forcing).
+2. *Multi mode learns the real flow on that history*: teacher-forcing flow matching (d = 0) with the history as
+   the clean context, every chunk at once (:class:`TeacherForced`: noisy chunk k sees history chunks < k, exactly
+   what streaming gives it).
+3. *Multi teaches Few*: ShortCut targets (two half jumps; the Multi velocity with CFG at the smallest step) on
+   the few-step grids' (s, d) pairs, and DMD on a Few-mode sample of every chunk (gradient through its last jump
+   only) with the model's own Multi mode + CFG as real score and an online fake score trained by flow matching
+   on the detached samples (its own optimizer).
+
+``loss = fm_weight * L_fm + sd_weight * (sc_weight * L_sc + dmd_weight * L_dmd)``, gradient clipping, EMA.
+Baselines (``configs/tiny/baseline_*.yaml``): ShortCut with teacher forcing (history real, no DMD), DMD with
+teacher forcing (history real, DMD only, frozen stage-2 real score), DMD with self-forcing (Self-Forcing: history
+rolled out, DMD only, frozen stage-2 real score, no real-data loss).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from lightning_mf.batch import AVBatch, Cond
+from lightning_mf.flow import AV, grid, interpolate, x0_from_velocity
+from lightning_mf.lit.base import SamplerConfig, paper_adamw
+from lightning_mf.lit.teacher_forcing import RUNTIME_OPTIONS, TeacherForcing
+from lightning_mf.models.transformer import AVTransformer, Tokens
+from lightning_mf.objectives.flow_matching import TeacherForced, teacher_forcing_flow_matching
+from lightning_mf.objectives.self_distillation import dmd_loss, shortcut_pairs, shortcut_target
+from lightning_mf.sampling.samplers import guided, integrate
+from lightning_mf.sampling.streaming import stream
+
+__all__ = ["MutualForcing"]
+
+
+class MutualForcing(TeacherForcing):
+    """Mutual Forcing fine-tuning of a joint (or single-tower) model (manual optimisation, two optimizers).
+
+    Args:
+        init_ckpt: checkpoint (stage 2, or stage 1 for a single tower) whose network starts the shared model, its
+            EMA, the fake score and the frozen real score. Not reloaded when resuming.
+        history: what the context of each chunk is: ``rollout`` (Few mode, from the real first frame),
+            ``sdedit`` (Few mode from the noised real chunk) or ``real`` (teacher forcing).
+        sdedit_level: noise level that ``sdedit`` starts from (snapped down to a level of the rollout grid).
+        chunks: ``[min, max]`` chunks per training step (drawn per batch, prefix of the window); None = the window.
+        rollout_steps: Few-mode jumps of the history rollout (one drawn per step).
+        shortcut_steps: few-step grids whose (s, d) pairs ShortCut trains.
+        dmd_steps: Few-mode jumps of the DMD sample (one drawn per step).
+        few_shift: timestep shift of the few-step grids (use the same at inference).
+        min_step: ShortCut recursion stops at steps this small; their target is the Multi velocity with CFG.
+        distill_cfg: CFG scale of the Multi-mode teacher (ShortCut base and DMD real score).
+        fm_weight, sd_weight, sc_weight, dmd_weight: ``fm * L_fm + sd * (sc * L_sc + dmd * L_dmd)``.
+        real_score: DMD's real score: the ``shared`` model's Multi mode, or a ``frozen`` copy of ``init_ckpt``.
+        fake_optimizer: optimizer factory of the fake score.
+        fake_updates: fake-score steps per training step.
+        dmd_levels: range of the re-noising level of DMD samples.
+        window: KV-cache window in chunks used by the rollout and the training attention (None = all).
+        ctx_s: noise level at which rolled-out chunks are written to the cache.
+        control_seed: seed of the choices that change control flow (chunks, grids, ShortCut pairs): drawn from
+            ``(control_seed, global_step)``, so every rank makes the same ones without communicating.
+        ema_decay: EMA of the shared weights (paper: 0.99 in this stage).
+        sampler: how ``predict``/``generate`` sample (default Few mode, 4 jumps).
+        **kwargs: the options of :class:`TeacherForcing` (noise, audio_weight, modalities) and
+            :class:`~lightning_mf.lit.base.FlowModule` (spec, tower, codec, optimizer, grad_clip, cfg_dropout, ...).
+    """
+
+    def __init__(
+        self,
+        init_ckpt: str | None = None,
+        history: Literal["rollout", "sdedit", "real"] = "rollout",
+        sdedit_level: float = 0.5,
+        chunks: tuple[int, int] | None = None,
+        rollout_steps: tuple[int, ...] = (4,),
+        shortcut_steps: tuple[int, ...] = (1, 2, 4, 8),
+        dmd_steps: tuple[int, ...] = (4,),
+        few_shift: float = 3.0,
+        min_step: float = 1 / 32,
+        distill_cfg: float = 5.0,
+        fm_weight: float = 1.0,
+        sd_weight: float = 1.0,
+        sc_weight: float = 2 / 3,
+        dmd_weight: float = 1 / 3,
+        real_score: Literal["shared", "frozen"] = "shared",
+        fake_optimizer: OptimizerCallable = paper_adamw,
+        fake_updates: int = 1,
+        dmd_levels: tuple[float, float] = (0.02, 0.98),
+        window: int | None = None,
+        ctx_s: float = 0.0,
+        control_seed: int = 0,
+        ema_decay: float | None = 0.99,
+        sampler: SamplerConfig = SamplerConfig(mode="few", steps=4),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(ema_decay=ema_decay, sampler=sampler, **kwargs)
+        self.automatic_optimization = False
+        if history not in ("rollout", "sdedit", "real"):
+            raise ValueError(f"model.history must be 'rollout', 'sdedit' or 'real', got {history!r}")
+        if real_score not in ("shared", "frozen"):
+            raise ValueError(f"model.real_score must be 'shared' or 'frozen', got {real_score!r}")
+        if chunks is not None and not 1 <= chunks[0] <= chunks[1]:
+            raise ValueError(f"model.chunks must be [min, max] with 1 <= min <= max, got {list(chunks)}")
+        for name, steps in (("rollout_steps", rollout_steps), ("shortcut_steps", shortcut_steps), ("dmd_steps", dmd_steps)):
+            if not steps or any(n < 1 for n in steps):
+                raise ValueError(f"model.{name} must list jump counts >= 1, got {list(steps)}")
+        if min(fm_weight, sd_weight, sc_weight, dmd_weight) < 0 or fake_updates < 1:
+            raise ValueError("model loss weights must be >= 0 and fake_updates >= 1")
+        if not 0.0 < dmd_levels[0] <= dmd_levels[1] < 1.0:
+            raise ValueError(f"model.dmd_levels must satisfy 0 < low <= high < 1, got {list(dmd_levels)}")
+        self.init_ckpt, self.history_source, self.sdedit_level, self.chunks = init_ckpt, history, sdedit_level, chunks
+        self.rollout_steps, self.dmd_steps, self.few_shift = tuple(rollout_steps), tuple(dmd_steps), few_shift
+        self.distill_cfg, self.real_score, self.fake_optimizer, self.fake_updates = distill_cfg, real_score, fake_optimizer, fake_updates
+        self.weights = {"fm": fm_weight, "sc": sd_weight * sc_weight, "dmd": sd_weight * dmd_weight}
+        self.dmd_levels, self.window, self.ctx_s, self.control_seed = dmd_levels, window, ctx_s, control_seed
+        self.register_buffer("pairs", shortcut_pairs(tuple(shortcut_steps), few_shift, min_step).float(), persistent=False)
+        uses_dmd = self.weights["dmd"] > 0
+        self.fake: AVTransformer | None = copy.deepcopy(self.net) if uses_dmd else None
+        self.teacher = copy.deepcopy(self.net).requires_grad_(False) if uses_dmd and real_score == "frozen" else None
+        self.save_hyperparameters(ignore=RUNTIME_OPTIONS)
+
+    def setup(self, stage: str) -> None:
+        """Start every network from ``init_ckpt`` on a fresh fit (a resumed fit restores them all)."""
+        resuming = self._trainer is not None and self._trainer.ckpt_path is not None
+        if stage == "fit" and self.init_ckpt is not None and not resuming:
+            weights = self.read_net(self.init_ckpt, "model.init_args.init_ckpt", self.seq.modalities)
+            for net in (self.net, self.ema, self.fake, self.teacher):
+                if net is not None:
+                    net.load_state_dict(weights)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        optimizers = [self.optimizer(self.net.parameters())]
+        if self.fake is not None:
+            optimizers.append(self.fake_optimizer(self.fake.parameters()))
+        return optimizers
+
+    # ------------------------------------------------------------------------------------------- the step
+
+    def control(self, step: int | None = None) -> torch.Generator:
+        """The generator of control-flow choices at ``step`` (default: now): the same on every rank, different at
+        every step, and independent of the global RNG."""
+        return torch.Generator().manual_seed(self.control_seed * 1_000_003 + (self.global_step if step is None else step))
+
+    def training_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
+        ctl = self.control()
+        x0, count = self._crop(self.seq.encode(batch), self.seq.num_chunks(batch), ctl)
+        prefix, cond = self.prefix(batch), self.condition(batch)
+        history = self.rollout(x0, count, prefix, cond, ctl)  # {m: (B, (L-1) n, C)}, no grad
+        losses: dict[str, Tensor] = {}
+        logs: dict[str, Tensor] = {}
+        if self.weights["fm"] > 0:
+            fm = teacher_forcing_flow_matching(
+                self.net, self.seq, x0, prefix, self.condition(batch, self.cfg_dropout), self.noise, history, self.window
+            )
+            losses["fm"] = fm.loss({"audio": self.audio_weight})
+            logs |= {f"train/fm_{m}": e.mean() for m, e in fm.errors.items()}
+        few = TeacherForced(self.net, self.seq, history, prefix, cond, window=self.window)
+        if self.weights["sc"] > 0:
+            losses["sc"] = self._weighted(self.shortcut(few, x0, ctl))
+        sample = None
+        if self.weights["dmd"] > 0:
+            dmd, sample = self.dmd(few, x0, ctl)
+            losses["dmd"] = self._weighted(dmd)
+        loss = sum(self.weights[name] * value for name, value in losses.items())
+
+        optimizers = self.optimizers()
+        optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self.configure_gradient_clipping(optimizer)
+        optimizer.step()
+        if sample is not None:
+            logs["train/fake_fm"] = self.train_fake(self.optimizers(use_pl_optimizer=False)[1], sample, prefix, cond, history)
+
+        logs |= {f"train/{name}": value.detach() for name, value in losses.items()}
+        logs["train/chunks"] = torch.tensor(float(count))
+        self.log_dict(logs, on_step=True, batch_size=batch.size)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, batch_size=batch.size)
+        return loss.detach()
+
+    def _crop(self, x0: AV, total: int, ctl: torch.Generator) -> tuple[AV, int]:
+        """The first L chunks of the window, L drawn in ``chunks`` (flexible lengths)."""
+        low, high = self.chunks or (total, total)
+        if high > total:
+            raise ValueError(f"model.chunks max {high} exceeds the {total} chunks of a training window (data.window_chunks)")
+        count = int(torch.randint(low, high + 1, (1,), generator=ctl))
+        return {m: x[:, : count * self.seq.tokens_per_chunk(m)] for m, x in x0.items()}, count
+
+    def _weighted(self, losses: dict[str, Tensor]) -> Tensor:
+        return sum((self.audio_weight if m == "audio" else 1.0) * value for m, value in losses.items())
+
+    # ------------------------------------------------------------------------------------------- history
+
+    @torch.no_grad()
+    def rollout(self, x0: AV, count: int, prefix: dict[str, Tokens], cond: Cond, ctl: torch.Generator) -> AV:
+        """History chunks 1..L-1: real (teacher forcing), or streamed in Few mode exactly as at inference."""
+        made = count - 1
+        real = {m: x[:, : made * self.seq.tokens_per_chunk(m)] for m, x in x0.items()}
+        if self.history_source == "real" or made == 0:
+            return real
+        jumps = grid(self._choose(self.rollout_steps, ctl), self.few_shift, few=True)
+        if self.history_source == "rollout":
+            sample = partial(integrate, grid=jumps)
+        else:  # sdedit: start each chunk from its real tokens noised to the first grid level <= sdedit_level
+            tail = [j for j in jumps if j[0] <= self.sdedit_level]
+            start = tail[0][0] if tail else 0.0
+            chunk = iter(range(made))
+
+            def sample(velocity: Any, noise: AV) -> AV:
+                k = next(chunk)
+                x = {m: interpolate(self._chunk(x0, m, k), noise[m], start) for m in noise}
+                return integrate(velocity, x, tail)
+
+        batch = next(iter(x0.values())).shape[0]
+        pieces = list(stream(
+            self.net, self.seq, sample, num_chunks=made, batch=batch, prefix=prefix, cond=cond,
+            window=self.window, ctx_s=self.ctx_s, device=self.device,
+        ))  # fmt: skip
+        return {m: torch.cat([p[m] for p in pieces], dim=1) for m in self.seq.modalities}
+
+    def _chunk(self, x: AV, modality: str, k: int) -> Tensor:
+        n = self.seq.tokens_per_chunk(modality)
+        return x[modality][:, k * n : (k + 1) * n]
+
+    @staticmethod
+    def _choose(options: tuple[int, ...], ctl: torch.Generator) -> int:
+        return options[int(torch.randint(len(options), (1,), generator=ctl))]
+
+    # ------------------------------------------------------------------------------------------- self-distillation
+
+    def _multi_cfg(self, velocity: TeacherForced) -> Any:
+        """Multi-mode velocity with the distillation CFG (the teacher of both ShortCut and DMD)."""
+        return guided(velocity, velocity.using(cond=velocity.cond.unconditional()), self.distill_cfg)
+
+    def shortcut(self, few: TeacherForced, x0: AV, ctl: torch.Generator) -> dict[str, Tensor]:
+        """ShortCut self-consistency on real chunks noised to per-sample (s, d) pairs of the few-step grids."""
+        batch = next(iter(x0.values())).shape[0]
+        rows = self.pairs[torch.multinomial(self.pairs[:, 3].cpu(), batch, replacement=True, generator=ctl).to(self.pairs.device)]
+        s, d, base = rows[:, 0], rows[:, 1], rows[:, 2].bool()  # (B,)
+        xs = {m: interpolate(x, torch.randn_like(x), s.view(-1, 1, 1)) for m, x in x0.items()}
+        target = shortcut_target(few, self._multi_cfg(few), xs, s, d, base)
+        prediction = few(xs, s, d)
+        return {m: (prediction[m] - target[m]).pow(2).mean() for m in x0}
+
+    def dmd(self, few: TeacherForced, x0: AV, ctl: torch.Generator) -> tuple[dict[str, Tensor], AV]:
+        """DMD on a Few-mode sample of every chunk (gradient through its last jump); returns the losses and the
+        detached sample (which trains the fake score)."""
+        jumps = grid(self._choose(self.dmd_steps, ctl), self.few_shift, few=True)
+        with torch.no_grad():
+            x = integrate(few, {m: torch.randn_like(v) for m, v in x0.items()}, jumps[:-1])
+        s, step, d = jumps[-1]
+        u = few(x, s, d)
+        sample = {m: x[m] - step * u[m] for m in x}
+        batch = next(iter(x0.values())).shape[0]
+        low, high = self.dmd_levels
+        t = low + (high - low) * torch.rand(batch, device=self.device)  # (B,)
+        with torch.no_grad():
+            xt = {m: interpolate(v.detach(), torch.randn_like(v), t.view(-1, 1, 1)) for m, v in sample.items()}
+            real = self._multi_cfg(few.using(net=self.teacher) if self.teacher is not None else few)(xt, t, 0.0)
+            fake = few.using(net=self.fake)(xt, t, 0.0)
+            real_x0 = {m: x0_from_velocity(xt[m], t.view(-1, 1, 1), real[m]) for m in xt}
+            fake_x0 = {m: x0_from_velocity(xt[m], t.view(-1, 1, 1), fake[m]) for m in xt}
+        return dmd_loss(sample, real_x0, fake_x0), {m: v.detach() for m, v in sample.items()}
+
+    def train_fake(self, optimizer: torch.optim.Optimizer, sample: AV, prefix: dict[str, Tokens], cond: Cond, history: AV) -> Tensor:
+        """Flow matching of the fake score on the detached Few samples (same history): it tracks Few mode's
+        distribution. Its optimizer steps outside Lightning's step count, so ``global_step`` counts training
+        steps (fp16 loss scaling is therefore not supported; bf16 and fp32 are)."""
+        for _ in range(self.fake_updates):
+            fm = teacher_forcing_flow_matching(self.fake, self.seq, sample, prefix, cond, self.noise, history, self.window)
+            loss = fm.loss({"audio": self.audio_weight})
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if self.grad_clip:
+                self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            optimizer.step()
+        return loss.detach()
+
+    def on_fit_start(self) -> None:
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            raise ValueError("MutualForcing supports precision 32 and bf16-mixed, not fp16 with loss scaling (use bf16-mixed)")

@@ -1,0 +1,170 @@
+"""MutualForcing: what one step updates, what the rollout is, the reduction to stage 2, and rank-identical choices."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_mf.data.datamodule import AVDataModule
+from lightning_mf.flow import grid
+from lightning_mf.lit import JointTraining, MutualForcing
+from lightning_mf.models import TowerConfig
+from lightning_mf.objectives.flow_matching import TeacherForced
+from lightning_mf.sampling import integrate
+from lightning_mf.sampling.streaming import stream
+from lightning_mf.spec import AVSpec
+from tests.models.tiny_models import randomize
+
+TOWER = TowerConfig(dim=32, depth=2, heads=2, vocab_size=32)
+
+
+def _datamodule(tiny_shards: Path) -> AVDataModule:
+    return AVDataModule(root=str(tiny_shards), spec=AVSpec(), window_chunks=3, batch_size=4, batches_per_epoch=4)
+
+
+def _batch(tiny_shards: Path):
+    dm = _datamodule(tiny_shards)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def _trainer(steps: int = 1) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        limit_val_batches=0, enable_model_summary=False,
+    )
+
+
+def _model(**kwargs) -> MutualForcing:
+    model = MutualForcing(tower=TOWER, **kwargs)
+    randomize(model.net, std=0.05, seed=1)  # zero-initialised outputs would make every distillation term 0
+    if model.fake is not None:
+        model.fake.load_state_dict(model.net.state_dict())
+    if model.ema is not None:
+        model.ema.load_state_dict(model.net.state_dict())
+    return model
+
+
+def _snapshot(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], net: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_one_step_updates_the_shared_weights_and_the_fake_score_with_finite_losses(tiny_shards: Path) -> None:
+    L.seed_everything(0)
+    model = _model(history="rollout", chunks=(2, 3))
+    net, fake = _snapshot(model.net), _snapshot(model.fake)
+    trainer = _trainer()
+    trainer.fit(model, _datamodule(tiny_shards))
+    assert trainer.global_step == 1  # the fake score's step is not counted
+    assert _changed(net, model.net) and _changed(fake, model.fake)
+    logged = trainer.callback_metrics
+    for name in ("train/fm", "train/sc", "train/dmd", "train/fake_fm", "train/loss"):
+        assert torch.isfinite(logged[name]) and logged[name] > 0, name
+    total = logged["train/fm"] + 2 / 3 * logged["train/sc"] + 1 / 3 * logged["train/dmd"]
+    torch.testing.assert_close(logged["train/loss"], total, rtol=1e-5, atol=1e-6)
+
+
+def test_the_rollout_is_inference_and_carries_no_gradient(tiny_shards: Path) -> None:
+    """History = ``stream`` in Few mode; and the parallel teacher-forced view of that history (what training
+    attends to) reproduces every rolled-out chunk from the same noise: training sees what inference made."""
+    torch.manual_seed(0)
+    model = _model(history="rollout", rollout_steps=(2,))
+    batch = _batch(tiny_shards)
+    x0 = model.seq.encode(batch)
+    prefix, cond = model.prefix(batch), model.condition(batch)
+    ctl = torch.Generator().manual_seed(0)
+    torch.manual_seed(1)
+    history = model.rollout(x0, 3, prefix, cond, ctl)  # chunks 1, 2
+    assert all(not h.requires_grad and h.grad_fn is None for h in history.values())
+
+    noises = []
+
+    def recording(velocity, noise):
+        noises.append(noise)
+        return integrate(velocity, noise, grid(2, model.few_shift, few=True))
+
+    torch.manual_seed(1)
+    pieces = list(stream(model.net, model.seq, recording, num_chunks=2, batch=batch.size, prefix=prefix, cond=cond))
+    for m in history:
+        torch.testing.assert_close(history[m], torch.cat([p[m] for p in pieces], dim=1), rtol=0, atol=0)
+    parallel = TeacherForced(model.net, model.seq, history, prefix, cond)
+    noise = {m: torch.cat([n[m] for n in noises], dim=1) for m in history}
+    with torch.no_grad():
+        again = integrate(parallel, noise, grid(2, model.few_shift, few=True))
+    for m in history:
+        torch.testing.assert_close(again[m], history[m], rtol=1e-3, atol=2e-4)  # float32, different sequence lengths
+        assert history[m].abs().mean() > 0.01  # a real sample, not zeros
+
+
+def test_sdedit_history_starts_from_the_noised_real_chunks(tiny_shards: Path) -> None:
+    model = _model(history="sdedit", sdedit_level=0.0, rollout_steps=(4,))  # level 0: nothing to denoise
+    batch = _batch(tiny_shards)
+    x0 = model.seq.encode(batch)
+    history = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
+    for m, x in x0.items():
+        torch.testing.assert_close(history[m], x[:, : history[m].shape[1]])
+    model = _model(history="sdedit", sdedit_level=0.5, rollout_steps=(4,))
+    history = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
+    gap = {m: (history[m] - x[:, : history[m].shape[1]]).abs().mean().item() for m, x in x0.items()}
+    assert all(g > 1e-3 for g in gap.values())
+
+
+def test_with_no_self_distillation_and_real_history_it_is_exactly_stage_2(tiny_shards: Path) -> None:
+    optimizer = partial(torch.optim.AdamW, lr=1e-3)
+    joint = JointTraining(tower=TOWER, optimizer=optimizer, ema_decay=0.99)
+    randomize(joint.net, std=0.05, seed=1)
+    joint.ema.load_state_dict(joint.net.state_dict())
+    mf = MutualForcing(tower=TOWER, optimizer=optimizer, history="real", sd_weight=0.0, ema_decay=0.99)
+    mf.net.load_state_dict(joint.net.state_dict())
+    mf.ema.load_state_dict(joint.net.state_dict())
+    assert mf.fake is None and mf.teacher is None  # nothing to distil: no fake score is built
+    before = _snapshot(joint.net)
+    for model in (joint, mf):
+        L.seed_everything(0)
+        _trainer(2).fit(model, _datamodule(tiny_shards))
+    assert _changed(before, joint.net)
+    for (name, a), b in zip(joint.net.state_dict().items(), mf.net.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
+    for a, b in zip(joint.ema.state_dict().values(), mf.ema.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_control_flow_choices_are_identical_across_ranks_and_vary_across_steps() -> None:
+    model = _model(chunks=(1, 3), rollout_steps=(2, 4, 8))
+    draws = []
+    for rank_seed in (0, 1):  # two "ranks": different global RNG states
+        torch.manual_seed(rank_seed)
+        per_step = []
+        for step in range(12):
+            ctl = model.control(step)
+            per_step.append((model._crop({"video": torch.zeros(1, 3 * 16, 1)}, 3, ctl)[1], model._choose((2, 4, 8), ctl)))
+        draws.append(per_step)
+    assert draws[0] == draws[1]
+    assert len(set(draws[0])) > 2  # lengths and grids really vary
+
+
+def test_a_frozen_real_score_stays_frozen_and_bad_options_are_named(tiny_shards: Path) -> None:
+    L.seed_everything(0)
+    model = _model(history="rollout", fm_weight=0.0, sc_weight=0.0, dmd_weight=1.0, real_score="frozen")
+    model.teacher.load_state_dict(model.net.state_dict())
+    teacher = _snapshot(model.teacher)
+    net = _snapshot(model.net)
+    _trainer().fit(model, _datamodule(tiny_shards))
+    assert not _changed(teacher, model.teacher) and _changed(net, model.net)
+    with pytest.raises(ValueError, match="model.history must be"):
+        MutualForcing(tower=TOWER, history="teacher")
+    with pytest.raises(ValueError, match="model.chunks must be"):
+        MutualForcing(tower=TOWER, chunks=(3, 2))
+    with pytest.raises(ValueError, match="model.dmd_steps must list"):
+        MutualForcing(tower=TOWER, dmd_steps=())
+    model = _model(chunks=(1, 9))
+    with pytest.raises(ValueError, match="model.chunks max 9 exceeds the 3 chunks"):
+        _trainer().fit(model, _datamodule(tiny_shards))
