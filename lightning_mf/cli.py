@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.tools import shards
 from lightning_mf.tools.evaluate import evaluate
+from lightning_mf.tools.generate import generate
 
 __all__ = ["main", "run", "MFLightningCLI"]
 
@@ -27,10 +28,14 @@ TRAINER_VERBS = ("fit", "validate", "test", "predict")
 TOOLS: dict[str, Callable[..., object] | dict[str, Callable[..., object]]] = {
     "shards": {"synthetic": shards.synthetic, "folder": shards.folder, "inspect": shards.inspect},
     "evaluate": evaluate,
+    "generate": generate,
 }
 TOOL_HELP = {
     "shards": "write WebDataset shards (synthetic | folder) and inspect them",
     "evaluate": "score a checkpoint's generations (lip sync, Fréchet, vowels, drift) against held-out data",
+    "generate": (
+        "stream a clip from a first frame and a transcript (mp4 + wav), printing FPS, time to first chunk and NFE"
+    ),
 }
 
 

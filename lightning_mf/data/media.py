@@ -19,7 +19,7 @@ import torch
 import torchaudio.functional as AF
 import torchvision.transforms.v2.functional as VF
 
-__all__ = ["Media", "decode_mp4", "decode_wav", "encode_mp4", "encode_wav", "read_media"]
+__all__ = ["Media", "crop_resize", "decode_mp4", "decode_wav", "encode_mp4", "encode_wav", "read_media"]
 
 
 def encode_mp4(
@@ -147,7 +147,7 @@ def _read_frames(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, n
             if frame.time is None:
                 continue
             image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)  # (3, h, w)
-            frames.append(_crop_resize(image, height, width).permute(1, 2, 0).numpy())
+            frames.append(crop_resize(image, height, width).permute(1, 2, 0).numpy())
             times.append(frame.time)
     if not frames:
         raise ValueError("video stream holds no decodable frames")
@@ -155,7 +155,7 @@ def _read_frames(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, n
     return np.stack(frames)[order], np.asarray(times, dtype=np.float64)[order]
 
 
-def _crop_resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def crop_resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Centre crop (3, h, w) uint8 to the aspect ratio of (height, width), then resize with antialiasing."""
     _, h, w = image.shape
     if h * width > w * height:  # too tall

@@ -56,7 +56,7 @@ def stream(
             unconditional version. The prefix is written with chunk 1's conditioning.
         window: chunks kept in the cache besides the sink (None keeps everything).
         ctx_s: noise level at which generated chunks are written to the cache (0 = clean).
-        generator: source of the initial noise (a seeded generator makes the stream deterministic).
+        generator: source of all noise (initial and context), so a seeded generator makes the stream deterministic.
     """
     cache = KVCache(window)
     cond_of = cond if callable(cond) else (lambda k: cond)
@@ -86,7 +86,9 @@ def stream(
             for m in seq.modalities
         }
         x = sample(velocity, noise)
-        context = x if ctx_s == 0.0 else {m: interpolate(v, torch.randn_like(v), ctx_s) for m, v in x.items()}
+        context = x if ctx_s == 0.0 else {
+            m: interpolate(v, torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype), ctx_s) for m, v in x.items()
+        }
         net(tokens(context, ctx_s), cond=chunk_cond, cache=cache, write=True)
         yield x
 
