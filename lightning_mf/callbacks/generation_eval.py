@@ -25,6 +25,7 @@ from lightning_mf.metrics.drift import IdentityDrift
 from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance
 from lightning_mf.metrics.lipsync import LipSync
 from lightning_mf.metrics.oracle import OracleSync
+from lightning_mf.metrics.pretrained import VIDEO_ARCHS, InceptionFeatures, VGGishFeatures, VideoNetFeatures
 from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
 from lightning_mf.models.syncnet import SyncNet
 
@@ -56,17 +57,25 @@ class GenerationEval(L.Callback):
             (0 disables that metric, e.g. for real data whose tokens are not vowels).
         syncnet_weights: a SyncNet state_dict or ``SyncNetTraining`` checkpoint; enables LSE-D/LSE-C/AV offset.
         max_offset: LipSync offsets in frames (capped to fit the windows).
+        pretrained: ``{network: weights file}`` of pretrained feature networks for extra Fréchet distances, logged as
+            ``fd_<network>``: ``inception`` (frames), ``r3d_18``/``mc3_18``/``r2plus1d_18``/``s3d`` (whole windows as
+            clips) and ``vggish`` (whole windows of audio, >= 0.975 s). Nothing is downloaded.
     """
 
     def __init__(
         self, every_n_steps: int = 200, num_clips: int = 4, modes: dict[str, SamplerConfig] | None = None,
         log_media: bool = True, vowel_classifier_clips: int = 48, syncnet_weights: str | None = None, max_offset: int = 15,
+        pretrained: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if every_n_steps < 1 or num_clips < 2:
             raise ValueError(f"GenerationEval needs every_n_steps >= 1 and num_clips >= 2, got {every_n_steps}, {num_clips}")
         self.every_n_steps, self.num_clips, self.modes, self.log_media = every_n_steps, num_clips, modes, log_media
         self.vowel_classifier_clips, self.syncnet_weights, self.max_offset = vowel_classifier_clips, syncnet_weights, max_offset
+        unknown = set(pretrained or {}) - PRETRAINED
+        if unknown:
+            raise ValueError(f"GenerationEval: pretrained networks {sorted(unknown)} are unknown; choose from {sorted(PRETRAINED)}")
+        self.pretrained = dict(pretrained or {})
         self.conditions: AVBatch | None = None
         self.vowels = None
         self.syncnet: SyncNet | None = None
@@ -88,6 +97,9 @@ class GenerationEval(L.Callback):
             self.vowels = train_vowel_classifier(module.spec, num_clips=self.vowel_classifier_clips)
         if self.syncnet_weights is not None:
             self.syncnet = SyncNet(module.spec, weights=self.syncnet_weights).eval()
+        for name, weights in self.pretrained.items():
+            self.features[name] = _pretrained(name, weights, module.spec.sample_rate)
+            _check_length(name, self.features[name], conditions)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % self.every_n_steps == 0:
@@ -129,6 +141,11 @@ class GenerationEval(L.Callback):
             fake_frames, real_frames = media["video"].flatten(0, 1), real.video.flatten(0, 1)  # (B*T, 3, H, W)
             out["fd_frames"] = _frechet(self.features["frames"], real_frames, fake_frames)
             out["fd_clips"] = _frechet(self.features["clips"], _clip_windows(real.video), _clip_windows(media["video"]))
+            if "inception" in self.features:
+                out["fd_inception"] = _frechet(self.features["inception"], real_frames, fake_frames)
+            for name in VIDEO_ARCHS:
+                if name in self.features:
+                    out[f"fd_{name}"] = _frechet(self.features[name], real.video, media["video"])
             drift = IdentityDrift(fps=module.spec.fps, **LOCAL)
             drift.update(media["video"])
             out |= {k: float(v) for k, v in drift.compute().items()}
@@ -144,6 +161,8 @@ class GenerationEval(L.Callback):
         if "audio" in media:
             spf = module.spec.samples_per_frame
             out["fd_audio"] = _frechet(self.features["audio"], _audio_windows(real.audio, 4 * spf), _audio_windows(media["audio"], 4 * spf))
+            if "vggish" in self.features:
+                out["fd_vggish"] = _frechet(self.features["vggish"], real.audio, media["audio"])
             if self.vowels is not None:
                 vowel = VowelErrorRate(self.vowels.to(media["audio"].device), **LOCAL)
                 vowel.update(media["audio"], [m["transcript"] for m in meta])
@@ -197,6 +216,28 @@ def _audio_windows(audio: Tensor, samples: int) -> Tensor:
 # The callback computes on rank 0 alone: a metric must not wait for the other ranks in compute() (torchmetrics
 # all-gathers states whenever torch.distributed is initialised), or DDP training hangs.
 LOCAL = {"sync_on_compute": False}
+
+
+PRETRAINED = {"inception", "vggish", *VIDEO_ARCHS}
+
+
+def _pretrained(name: str, weights: str, sample_rate: int) -> torch.nn.Module:
+    if name == "inception":
+        return InceptionFeatures(weights)
+    if name == "vggish":
+        return VGGishFeatures(weights, sample_rate=sample_rate)
+    return VideoNetFeatures(weights, arch=name)
+
+
+def _check_length(name: str, feature: torch.nn.Module, conditions: AVBatch) -> None:
+    """Fail at the start of fit, not at the first evaluation, when the windows are too short for a network."""
+    frames, samples = conditions.video.shape[1], conditions.audio.shape[1]
+    if frames < getattr(feature, "min_frames", 0) or samples < getattr(feature, "min_samples", 0):
+        need = f"{feature.min_frames} frames" if hasattr(feature, "min_frames") else f"{feature.min_samples} audio samples"
+        raise ValueError(
+            f"GenerationEval: pretrained {name!r} needs windows of at least {need}, the evaluation windows have "
+            f"{frames} frames / {samples} samples; use longer windows (data.window_chunks) or drop {name!r}"
+        )
 
 
 def _frechet(feature: torch.nn.Module, real: Tensor, fake: Tensor) -> float:

@@ -4,6 +4,7 @@ from lightning_mf.metrics.drift import IdentityDrift
 from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance, frechet_distance
 from lightning_mf.metrics.lipsync import LipSync
 from lightning_mf.metrics.oracle import OracleSync
+from lightning_mf.metrics.pretrained import InceptionFeatures, VGGishFeatures, VideoNetFeatures
 from lightning_mf.metrics.vowels import VowelClassifier, VowelErrorRate, train_vowel_classifier
 
 __all__ = [
@@ -12,8 +13,11 @@ __all__ = [
     "FrameFeatures",
     "FrechetDistance",
     "IdentityDrift",
+    "InceptionFeatures",
     "LipSync",
     "OracleSync",
+    "VGGishFeatures",
+    "VideoNetFeatures",
     "VowelClassifier",
     "VowelErrorRate",
     "frechet_distance",

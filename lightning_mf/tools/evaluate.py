@@ -57,6 +57,7 @@ def evaluate(
     cfg_scale: float = 3.0,
     shift: float = 3.0,
     syncnet: str | None = None,
+    pretrained: dict[str, str] | None = None,
     seed: int = 0,
     out: str | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -74,6 +75,8 @@ def evaluate(
         cfg_scale: classifier-free guidance scale of the Multi modes.
         shift: timestep shift of the sampling grids.
         syncnet: SyncNet weights (state_dict or SyncNetTraining checkpoint) for LSE-D, LSE-C and AV offset.
+        pretrained: ``{network: weights file}`` for Fréchet distances in pretrained feature spaces: inception, r3d_18,
+            mc3_18, r2plus1d_18, s3d, vggish (e.g. ``--pretrained '{inception: inception_v3_google.pth}'``).
         seed: seed of the generation noise (the conditions are always the first held-out windows).
         out: path of the JSON report (optional).
     """
@@ -81,7 +84,7 @@ def evaluate(
     datamodule = AVDataModule(root=data, spec=module.spec, window_chunks=window_chunks, batch_size=num_clips)
     datamodule.setup("validate")
     conditions = take_windows(datamodule.val_dataloader(), num_clips)
-    callback = GenerationEval(num_clips=num_clips, log_media=False, syncnet_weights=syncnet)
+    callback = GenerationEval(num_clips=num_clips, log_media=False, syncnet_weights=syncnet, pretrained=pretrained)
     callback.prepare(module, conditions)
     rows: dict[str, dict[str, float]] = {}
     try:

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,3 +37,36 @@ def test_generation_eval_logs_scalars_video_and_audio(tiny_shards: Path, tmp_pat
     assert gif.encoded_image_string[:6] == b"GIF89a" and (gif.width, gif.height) == (32, 32)  # 8 frames, animated
     audio = events.Audio("eval/audio_multi2")[-1]
     assert audio.sample_rate == 16000 and audio.length_frames == 8 * 1000
+
+
+def test_pretrained_feature_networks_add_their_frechet_distances(tiny_shards: Path, tmp_path: Path) -> None:
+    """A user's Inception / video-net weights add fd_inception / fd_<arch>; windows too short for a network fail
+    when the callback is prepared (at fit start), naming the network."""
+    import torchvision
+
+    from lightning_mf.callbacks.generation_eval import take_windows
+
+    torch.manual_seed(0)
+    paths = {
+        "inception": torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False),
+        "r2plus1d_18": torchvision.models.video.r2plus1d_18(weights=None),
+        "s3d": torchvision.models.video.s3d(weights=None),
+    }
+    for name, net in paths.items():
+        torch.save(net.state_dict(), tmp_path / f"{name}.pt")
+    spec = AVSpec()
+    model = JointTraining(spec=spec, tower=TowerConfig(dim=32, depth=1, heads=2, vocab_size=32))
+    dm = AVDataModule(root=str(tiny_shards), spec=spec, window_chunks=2, batch_size=2)  # 4 frames: Inception is slow on CPU
+    dm.setup("validate")
+    conditions, other = take_windows(dm.val_dataloader(), 2), take_windows(dm.val_dataloader(), 2, skip=2)
+    weights = {name: str(tmp_path / f"{name}.pt") for name in ("inception", "r2plus1d_18")}
+    callback = GenerationEval(num_clips=2, vowel_classifier_clips=0, pretrained=weights)
+    callback.prepare(model, conditions)
+    same = callback.scores(model, conditions, {"video": conditions.video, "audio": conditions.audio})
+    different = callback.scores(model, conditions, {"video": other.video, "audio": other.audio})
+    for key in ("fd_inception", "fd_r2plus1d_18"):
+        assert same[key] < 1e-6 * max(1.0, different[key]) and different[key] > 0, key  # identical sets: distance 0
+    with pytest.raises(ValueError, match="pretrained 's3d' needs windows of at least 13 frames, the evaluation windows have 4 frames"):
+        GenerationEval(num_clips=2, vowel_classifier_clips=0, pretrained={"s3d": str(tmp_path / "s3d.pt")}).prepare(model, conditions)
+    with pytest.raises(ValueError, match=r"pretrained networks \['i3d'\] are unknown"):
+        GenerationEval(pretrained={"i3d": "x.pt"})
