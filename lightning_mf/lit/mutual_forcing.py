@@ -27,12 +27,13 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_mf.batch import AVBatch, Cond
 from lightning_mf.flow import AV, grid, interpolate, x0_from_velocity
 from lightning_mf.lit.base import SamplerConfig, paper_adamw
 from lightning_mf.lit.teacher_forcing import RUNTIME_OPTIONS, TeacherForcing
+from lightning_mf.models.lora import LowRankDelta
 from lightning_mf.models.transformer import AVTransformer, Tokens
 from lightning_mf.objectives.flow_matching import TeacherForced, teacher_forcing_flow_matching
 from lightning_mf.objectives.self_distillation import dmd_loss, shortcut_pairs, shortcut_target
@@ -60,6 +61,9 @@ class MutualForcing(TeacherForcing):
         distill_cfg: CFG scale of the Multi-mode teacher (ShortCut base and DMD real score).
         fm_weight, sd_weight, sc_weight, dmd_weight: ``fm * L_fm + sd * (sc * L_sc + dmd * L_dmd)``.
         real_score: DMD's real score: the ``shared`` model's Multi mode, or a ``frozen`` copy of ``init_ckpt``.
+        fake_score: the online fake score: a full ``copy`` of the shared model, or ``lora``: the current shared
+            weights plus trainable low-rank updates (rank ``fake_rank``) of every block's linear layers.
+        fake_rank: rank of the ``lora`` fake score.
         fake_optimizer: optimizer factory of the fake score.
         fake_updates: fake-score steps per training step.
         dmd_levels: range of the re-noising level of DMD samples.
@@ -90,6 +94,8 @@ class MutualForcing(TeacherForcing):
         sc_weight: float = 2 / 3,
         dmd_weight: float = 1 / 3,
         real_score: Literal["shared", "frozen"] = "shared",
+        fake_score: Literal["copy", "lora"] = "copy",
+        fake_rank: int = 8,
         fake_optimizer: OptimizerCallable = paper_adamw,
         fake_updates: int = 1,
         dmd_levels: tuple[float, float] = (0.02, 0.98),
@@ -104,6 +110,8 @@ class MutualForcing(TeacherForcing):
         self.automatic_optimization = False
         if history not in ("rollout", "sdedit", "real"):
             raise ValueError(f"model.history must be 'rollout', 'sdedit' or 'real', got {history!r}")
+        if fake_score not in ("copy", "lora"):
+            raise ValueError(f"model.fake_score must be 'copy' or 'lora', got {fake_score!r}")
         if real_score not in ("shared", "frozen"):
             raise ValueError(f"model.real_score must be 'shared' or 'frozen', got {real_score!r}")
         if chunks is not None and not 1 <= chunks[0] <= chunks[1]:
@@ -122,7 +130,9 @@ class MutualForcing(TeacherForcing):
         self.dmd_levels, self.window, self.ctx_s, self.control_seed = dmd_levels, window, ctx_s, control_seed
         self.register_buffer("pairs", shortcut_pairs(tuple(shortcut_steps), few_shift, min_step).float(), persistent=False)
         uses_dmd = self.weights["dmd"] > 0
-        self.fake: AVTransformer | None = copy.deepcopy(self.net) if uses_dmd else None
+        self.fake: nn.Module | None = None
+        if uses_dmd:
+            self.fake = copy.deepcopy(self.net) if fake_score == "copy" else LowRankDelta(self.net, rank=fake_rank)
         self.teacher = copy.deepcopy(self.net).requires_grad_(False) if uses_dmd and real_score == "frozen" else None
         self.save_hyperparameters(ignore=RUNTIME_OPTIONS)
 
@@ -132,7 +142,7 @@ class MutualForcing(TeacherForcing):
         if stage == "fit" and self.init_ckpt is not None and not resuming:
             weights = self.read_net(self.init_ckpt, "model.init_args.init_ckpt", self.seq.modalities)
             for net in (self.net, self.ema, self.fake, self.teacher):
-                if net is not None:
+                if isinstance(net, AVTransformer):  # a LowRankDelta fake score follows self.net by itself
                     net.load_state_dict(weights)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:

@@ -13,6 +13,7 @@ from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.flow import grid
 from lightning_mf.lit import JointTraining, MutualForcing
 from lightning_mf.models import TowerConfig
+from lightning_mf.models.transformer import AVTransformer
 from lightning_mf.objectives.flow_matching import TeacherForced
 from lightning_mf.sampling import integrate
 from lightning_mf.sampling.streaming import stream
@@ -42,7 +43,7 @@ def _trainer(steps: int = 1) -> L.Trainer:
 def _model(**kwargs) -> MutualForcing:
     model = MutualForcing(tower=TOWER, **kwargs)
     randomize(model.net, std=0.05, seed=1)  # zero-initialised outputs would make every distillation term 0
-    if model.fake is not None:
+    if isinstance(model.fake, AVTransformer):  # a full copy (a low-rank fake score follows model.net itself)
         model.fake.load_state_dict(model.net.state_dict())
     if model.ema is not None:
         model.ema.load_state_dict(model.net.state_dict())
@@ -168,3 +169,25 @@ def test_a_frozen_real_score_stays_frozen_and_bad_options_are_named(tiny_shards:
     model = _model(chunks=(1, 9))
     with pytest.raises(ValueError, match="model.chunks max 9 exceeds the 3 chunks"):
         _trainer().fit(model, _datamodule(tiny_shards))
+
+
+def test_a_low_rank_fake_score_starts_as_the_shared_model_and_trains_only_its_adapters(tiny_shards: Path) -> None:
+    L.seed_everything(0)
+    model = _model(history="real", fake_score="lora", fake_rank=4)
+    batch = _batch(tiny_shards)
+    few = TeacherForced(model.net, model.seq, model.seq.encode(batch), model.prefix(batch), model.condition(batch))
+    x = {m: torch.randn_like(v) for m, v in few.history.items()}
+    with torch.no_grad():
+        shared, fake = few(x, 0.5, 0.0), few.using(net=model.fake)(x, 0.5, 0.0)
+    for m in x:
+        torch.testing.assert_close(fake[m], shared[m])  # B = 0: the fake score is the shared model
+    names = [k for k in model.state_dict() if k.startswith("fake.")]
+    assert names and all(".down." in k or ".up." in k for k in names)  # only adapters are its own (and saved)
+    adapters, net = _snapshot(model.fake), _snapshot(model.net)
+    _trainer().fit(model, _datamodule(tiny_shards))
+    assert _changed(adapters, model.fake) and _changed(net, model.net)
+    with torch.no_grad():
+        after = few.using(net=model.fake)(x, 0.5, 0.0)
+    assert any(not torch.allclose(after[m], few(x, 0.5, 0.0)[m]) for m in x)  # it learned a difference
+    with pytest.raises(ValueError, match="model.fake_score must be"):
+        MutualForcing(tower=TOWER, fake_score="full")
