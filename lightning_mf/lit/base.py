@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
@@ -133,6 +134,13 @@ class FlowModule(L.LightningModule):
         self.optimizer, self.grad_clip, self.ema_decay, self.cfg_dropout = optimizer, grad_clip, ema_decay, cfg_dropout
         self.predict_dir = predict_dir
         self.seq = AVSequencer(spec, modalities, **asdict(codec))
+        wide = {m: self.seq.token_dim(m) for m in self.seq.modalities if self.seq.token_dim(m) > tower.dim}
+        if wide:
+            rank_zero_warn(
+                f"tokens of {wide} values are wider than the tower (tower.dim={tower.dim}): a velocity (eps - x0) must "
+                "carry the token's noise through the tower, so such a model cannot learn to denoise; use a smaller "
+                "codec.patch / codec.tubelet or a wider tower"
+            )
         self.net = AVTransformer({m: Tower(self.seq.token_dim(m), tower) for m in self.seq.modalities})
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay is not None else None
 
