@@ -135,6 +135,7 @@ class GenerationEval(L.Callback):
     def scores(self, module: FlowModule, real: AVBatch, media: dict[str, Tensor], meta: list[dict[str, Any]] | None = None) -> dict[str, float]:
         """Metrics of ``media`` against the ``real`` windows. ``meta`` describes the clips that made the media
         (their transcripts and, on synthetic data, identities); by default that is ``real.meta`` (the conditions)."""
+        conditioned_on = real.video[:, 0] if meta is None else None  # real media (a reference row) are their own
         meta = real.meta if meta is None else meta
         out: dict[str, float] = {}
         if "video" in media:
@@ -147,7 +148,7 @@ class GenerationEval(L.Callback):
                 if name in self.features:
                     out[f"fd_{name}"] = _frechet(self.features[name], real.video, media["video"])
             drift = IdentityDrift(fps=module.spec.fps, **LOCAL)
-            drift.update(media["video"])
+            drift.update(media["video"], conditioned_on)  # generated clips: against the frames they were conditioned on
             out |= {k: float(v) for k, v in drift.compute().items()}
             if "audio" in media and self.syncnet is not None:
                 lipsync = LipSync(self.syncnet.to(media["video"].device), max_offset=min(self.max_offset, media["video"].shape[1] - 1), **LOCAL)

@@ -32,23 +32,28 @@ def _regions(first: Tensor, background: Tensor, face: Tensor, tolerance: float) 
     return eroded > 0.5
 
 
-def colour_drift(video: Tensor, tolerance: float = 40.0) -> Tensor:
-    """Per-frame drift (B, T) of clips (B, T, 3, H, W) uint8 from their first frame, in 0..255 colour levels."""
+def colour_drift(video: Tensor, tolerance: float = 40.0, reference: Tensor | None = None) -> Tensor:
+    """Per-frame drift (B, T) of clips (B, T, 3, H, W) uint8 from a reference frame (B, 3, H, W), in 0..255 colour
+    levels. The reference defaults to each clip's first frame; for generated clips pass the conditioning frame, or
+    a clip that is noise from its first frame on would score no drift."""
     if video.ndim != 5 or video.shape[2] != 3:
         raise ValueError(
             f"colour_drift: video must be (B, T, 3, H, W) frames, got shape {tuple(video.shape)}; add the batch dim with video[None]"
         )
-    background, face = palette(video)  # (B, 3) each
-    masks = _regions(video[:, 0], background.to(video.device), face.to(video.device), tolerance)  # (B, 2, H, W)
-    frames = video.float()
+    if reference is not None and (reference.shape[0] != video.shape[0] or reference.shape[1:] != video.shape[2:]):
+        raise ValueError(f"colour_drift: reference must be (B, 3, H, W) = {(video.shape[0], *video.shape[2:])}, got {tuple(reference.shape)}")
+    first = video[:, 0] if reference is None else reference.to(video.device)
+    background, face = palette(first[:, None])  # (B, 3) each
+    masks = _regions(first, background.to(video.device), face.to(video.device), tolerance)  # (B, 2, H, W)
+    frames = torch.cat([first[:, None], video], dim=1).float()  # reference first, then the clip
     drift = torch.zeros(video.shape[:2], device=video.device)  # (B, T)
     for b in range(video.shape[0]):
         for region in range(2):
-            pixels = frames[b][:, :, masks[b, region]]  # (T, 3, P)
+            pixels = frames[b][:, :, masks[b, region]]  # (1 + T, 3, P)
             if pixels.shape[-1] == 0:
                 continue
-            colour = pixels.median(dim=-1).values  # (T, 3)
-            drift[b] += (colour - colour[:1]).abs().sum(-1) / 2
+            colour = pixels.median(dim=-1).values  # (1 + T, 3)
+            drift[b] += (colour[1:] - colour[:1]).abs().sum(-1) / 2
     return drift
 
 
@@ -87,9 +92,10 @@ class IdentityDrift(Metric):
         self.add_state("frames", torch.zeros(len(edges), dtype=torch.float64), dist_reduce_fx="sum")
 
     @torch.no_grad()
-    def update(self, video: Tensor) -> None:
-        """Clips (B, T, 3, H, W) uint8; each is compared with its own first frame."""
-        drift = colour_drift(video, self.tolerance)  # (B, T)
+    def update(self, video: Tensor, reference: Tensor | None = None) -> None:
+        """Clips (B, T, 3, H, W) uint8, compared with ``reference`` frames (B, 3, H, W), by default their own first
+        frames (pass the conditioning frames for generated clips)."""
+        drift = colour_drift(video, self.tolerance, reference)  # (B, T)
         frames = drift.shape[1]
         start = torch.arange(frames, device=drift.device, dtype=torch.float64)
         position = start / self.fps if self.in_seconds else start / frames  # (T,) start time of each frame

@@ -80,3 +80,16 @@ def test_bad_inputs_name_what_was_expected() -> None:
         IdentityDrift(windows=(0.6, 0.2, 1.0))
     with pytest.raises(ValueError, match="before any update"):
         IdentityDrift().compute()
+
+
+def test_a_noise_clip_drifts_from_the_frame_it_was_conditioned_on() -> None:
+    """Against its own first frame a clip of noise is "stable"; against the conditioning frame it is not."""
+    video = _video("tiny")
+    noise = torch.randint(0, 256, video.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    own = IdentityDrift().forward(noise)
+    conditioned = IdentityDrift().forward(noise, video[:, 0])
+    faithful = IdentityDrift().forward(video, video[:, 0])
+    assert float(faithful["drift_mean"]) < STABLE
+    assert float(conditioned["drift_mean"]) > 20 and float(conditioned["drift_mean"]) > 10 * max(float(own["drift_mean"]), 0.1)
+    with pytest.raises(ValueError, match="reference must be"):
+        IdentityDrift().forward(video, video[:1, 0])
