@@ -19,7 +19,9 @@ import torch
 import torchaudio.functional as AF
 import torchvision.transforms.v2.functional as VF
 
-__all__ = ["Media", "crop_resize", "decode_mp4", "decode_wav", "encode_mp4", "encode_wav", "read_media"]
+from lightning_mf.spec import AVSpec
+
+__all__ = ["Media", "crop_resize", "write_clip", "decode_mp4", "decode_wav", "encode_mp4", "encode_wav", "read_media"]
 
 
 def encode_mp4(
@@ -194,3 +196,20 @@ def _read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     offset = round((start or 0.0) * rate)
     audio = audio[-offset:] if offset < 0 else np.concatenate([np.zeros(offset, np.float32), audio])
     return audio, int(rate)
+
+
+def write_clip(media: dict[str, torch.Tensor], spec: AVSpec, mp4: Path) -> list[str]:
+    """Write one generated clip: ``video`` (T, 3, H, W) uint8 as ``mp4`` (with ``audio`` (S,) as its track when
+    present) and ``audio`` as the wav beside it; creates the folder; returns the paths written."""
+    video = media["video"].permute(0, 2, 3, 1).cpu().numpy() if "video" in media else None  # (T, H, W, 3)
+    audio = media["audio"].float().cpu().numpy() if "audio" in media else None  # (S,)
+    mp4.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    if video is not None:
+        encode_mp4(video, spec.fps, audio=audio, sample_rate=spec.sample_rate if audio is not None else None, target=mp4)
+        written.append(str(mp4))
+    if audio is not None:
+        wav = mp4.with_suffix(".wav")
+        wav.write_bytes(encode_wav(audio, spec.sample_rate))
+        written.append(str(wav))
+    return written

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_mf.batch import AVBatch, Cond
-from lightning_mf.data.media import encode_mp4, encode_wav
+from lightning_mf.data.media import write_clip
 from lightning_mf.flow import grid
 from lightning_mf.models.tower import Tower, TowerConfig
 from lightning_mf.models.transformer import AVTransformer, Tokens
@@ -182,21 +183,28 @@ class FlowModule(L.LightningModule):
 
     # --------------------------------------------------------------------------------------- sampling
 
+    def stream_chunks(
+        self, prefix: dict[str, Tokens] | None, cond: Cond | Callable[[int], Cond] | None, batch: int, num_chunks: int,
+        sampler: SamplerConfig | None = None, generator: torch.Generator | None = None,
+    ) -> Iterator[dict[str, Tensor]]:
+        """Chunk tokens ``{m: (B, n, C)}`` streamed in the sampler's mode (default: the module's ``sampler``) with its
+        weights (EMA or online), grid, guidance, window and context level; noise from ``generator`` (default: one
+        seeded with ``sampler.seed``)."""
+        sampler = sampler or self.sampler
+        net = self.ema if sampler.use_ema and self.ema is not None else self.net
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(sampler.seed)
+        return stream(
+            net, self.seq, partial(integrate, grid=sampler.grid(), heun=sampler.heun), num_chunks=num_chunks, batch=batch,
+            prefix=prefix, cond=cond, cfg_scale=sampler.guidance, window=sampler.window, ctx_s=sampler.ctx_s,
+            generator=generator, device=self.device,
+        )
+
     def generate(self, batch: AVBatch, num_chunks: int | None = None, sampler: SamplerConfig | None = None) -> dict[str, Tensor]:
         """Stream ``num_chunks`` chunks (default: the window's) conditioned on the batch's first frames and
         transcripts, in the sampler's mode (default: the module's ``sampler``); returns media ``{"video": (B, T, 3, H, W) uint8, "audio": (B, S)}``."""
-        sampler = sampler or self.sampler
-        net = self.ema if sampler.use_ema and self.ema is not None else self.net
         chunks = num_chunks or self.seq.num_chunks(batch)
-        generator = torch.Generator(device=self.device).manual_seed(sampler.seed)
-        sample = partial(integrate, grid=sampler.grid(), heun=sampler.heun)
-        pieces = list(
-            stream(
-                net, self.seq, sample, num_chunks=chunks, batch=batch.size, prefix=self.prefix(batch),
-                cond=self.condition(batch), cfg_scale=sampler.guidance, window=sampler.window, ctx_s=sampler.ctx_s,
-                generator=generator, device=self.device,
-            )
-        )
+        pieces = list(self.stream_chunks(self.prefix(batch), self.condition(batch), batch.size, chunks, sampler))
         tokens = {m: torch.cat([p[m] for p in pieces], dim=1) for m in self.seq.modalities}
         return self.seq.decode(tokens)
 
@@ -204,16 +212,8 @@ class FlowModule(L.LightningModule):
         """Write one mp4 (with the audio track when there is audio) and one wav per window; return the paths."""
         media = self.generate(batch)
         root = Path(self.predict_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions")
-        root.mkdir(parents=True, exist_ok=True)
         written = []
         for i, key in enumerate(batch.keys):
-            audio = media["audio"][i].float().cpu().numpy() if "audio" in media else None
-            video = media["video"][i].permute(0, 2, 3, 1).cpu().numpy() if "video" in media else None
             stem = root / f"{key}-b{batch_idx}"
-            if video is not None:
-                encode_mp4(video, self.spec.fps, audio=audio, sample_rate=self.spec.sample_rate if audio is not None else None, target=f"{stem}.mp4")
-                written.append(f"{stem}.mp4")
-            if audio is not None:
-                Path(f"{stem}.wav").write_bytes(encode_wav(audio, self.spec.sample_rate))
-                written.append(f"{stem}.wav")
+            written += write_clip({m: v[i] for m, v in media.items()}, self.spec, Path(f"{stem}.mp4"))
         return written

@@ -12,7 +12,6 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lightning_mf.batch import Cond
-from lightning_mf.data.media import crop_resize, encode_mp4, encode_wav
-from lightning_mf.sampling import integrate
-from lightning_mf.sampling.streaming import stream
+from lightning_mf.data.media import crop_resize, write_clip
 from lightning_mf.spec import AVSpec
 from lightning_mf.tools.evaluate import load_module, parse_mode
 
@@ -108,31 +105,26 @@ def generate(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = module.to(device).eval()
-    net = module.ema if sampler.use_ema and module.ema is not None else module.net
     prefix = seq.prefix(load_first_frame(first_frame, spec).to(device)) if has_video else None
     vocab = module.tower_config.vocab_size
 
     def cond_of(k: int) -> Cond:  # chunk k ends at k * chunk_seconds
         return Cond.from_transcripts([words_near(entries, k * spec.chunk_seconds, span)], vocab, device)
 
-    def chunk_stream(num_chunks: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
-        return stream(
-            net, seq, partial(integrate, grid=sampler.grid(), heun=sampler.heun), num_chunks=num_chunks, batch=1,
-            prefix=prefix, cond=cond_of, cfg_scale=sampler.guidance, window=sampler.window, ctx_s=sampler.ctx_s,
-            generator=generator, device=device,
-        )
-
     with torch.no_grad():
-        for _ in chunk_stream(1, torch.Generator(device=device)):  # warm-up: first-call costs stay out of the timings
+        for _ in module.stream_chunks(prefix, cond_of, 1, 1, sampler):  # warm-up: first-call costs stay out of the timings
             pass
-        generator = torch.Generator(device=device).manual_seed(seed)
-        tokens, ttfc, stream_s = _timed(chunk_stream(chunks, generator), chunks, device)
+        tokens, ttfc, stream_s = _timed(module.stream_chunks(prefix, cond_of, 1, chunks, sampler), chunks, device)
         start = time.perf_counter()
         media = seq.decode(tokens)
         _sync(device)
         decode_s = time.perf_counter() - start
 
-    written, samples = _write(media, frames, spec, mp4, wav)
+    samples = frames * spec.samples_per_frame if "audio" in media else 0
+    trimmed = {"video": media["video"][0, :frames]} if "video" in media else {}
+    if "audio" in media:
+        trimmed["audio"] = media["audio"][0, :samples]
+    written = write_clip(trimmed, spec, mp4)
     streamed = chunks * spec.frames_per_chunk
     result = {
         "duration_s": frames / spec.fps,
@@ -167,23 +159,6 @@ def _timed(
     _sync(device)
     seconds = time.perf_counter() - start
     return {m: torch.cat([p[m] for p in pieces], dim=1) for m in pieces[0]}, ttfc, seconds
-
-
-def _write(media: dict[str, Tensor], frames: int, spec: AVSpec, mp4: Path, wav: Path) -> tuple[list[str], int]:
-    """Trim to ``frames`` frames and their audio samples, write the mp4 (video models) and the wav (audio models)."""
-    samples = frames * spec.samples_per_frame
-    video = media["video"][0, :frames].permute(0, 2, 3, 1).cpu().numpy() if "video" in media else None  # (T, H, W, 3)
-    audio = media["audio"][0, :samples].float().cpu().numpy() if "audio" in media else None  # (S,)
-    mp4.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    if video is not None:
-        rate = spec.sample_rate if audio is not None else None
-        encode_mp4(video, spec.fps, audio=audio, sample_rate=rate, target=mp4)
-        written.append(str(mp4))
-    if audio is not None:
-        wav.write_bytes(encode_wav(audio, spec.sample_rate))
-        written.append(str(wav))
-    return written, samples if audio is not None else 0
 
 
 def load_first_frame(path: str, spec: AVSpec) -> Tensor:
