@@ -10,13 +10,17 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 from jsonargparse import auto_cli
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lightning_mf.checkpoint import AtomicCheckpointIO
 from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.tools import shards
+from lightning_mf.tools.consolidate import consolidate
 from lightning_mf.tools.evaluate import evaluate
 from lightning_mf.tools.generate import generate
 
@@ -29,6 +33,7 @@ TOOLS: dict[str, Callable[..., object] | dict[str, Callable[..., object]]] = {
     "shards": {"synthetic": shards.synthetic, "folder": shards.folder, "inspect": shards.inspect},
     "evaluate": evaluate,
     "generate": generate,
+    "consolidate": consolidate,
 }
 TOOL_HELP = {
     "shards": "write WebDataset shards (synthetic | folder) and inspect them",
@@ -36,6 +41,7 @@ TOOL_HELP = {
     "generate": (
         "stream a clip from a first frame and a transcript (mp4 + wav), printing FPS, time to first chunk and NFE"
     ),
+    "consolidate": "merge a sharded (FSDP) checkpoint folder into one file for the next stage, evaluate and generate",
 }
 
 
@@ -44,6 +50,13 @@ class MFLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.spec", "model.init_args.spec")  # the time axis is written once, under data
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The Trainer, saving single-file checkpoints atomically unless a config chose its own CheckpointIO."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
 
 def _usage() -> str:

@@ -66,3 +66,10 @@ def test_a_spec_that_does_not_tile_is_rejected_before_anything_runs(tmp_path: Pa
     args = ["fit", "--config", str(REPO / "configs/tiny/video_pretrain.yaml"), "--data.spec.mel_hop", "300"]
     with pytest.raises(ValueError, match="mel_hop=300 does not divide the 1000 samples"):
         run(args + ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+
+
+def test_an_unknown_model_class_path_is_rejected_by_name(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "--config", str(REPO / "configs/tiny/video_pretrain.yaml"), "--model", "lightning_mf.lit.NoSuchStage"])
+    assert exit_info.value.code == 2
+    assert "lightning_mf.lit.NoSuchStage" in capsys.readouterr().err

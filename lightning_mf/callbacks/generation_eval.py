@@ -5,7 +5,8 @@ start of fit, and every run uses the same seed, so numbers are comparable across
 mode (a :class:`~lightning_mf.lit.base.SamplerConfig`, e.g. Multi 50 steps + CFG, Few 4 jumps) generates the clips through the
 model's own streaming path; the metrics that apply to the model's modalities are logged as ``eval/<metric>_<mode>``
 and the first clip of each mode as a video (an animated GIF image, no moviepy needed) and an audio entry.
-Generation runs on global rank 0 only (no collectives), so it is safe under DDP.
+Generation runs on global rank 0 only (no collectives), so it is safe under DDP; under FSDP (sharded weights: every
+forward gathers them collectively) every rank generates rank 0's conditions and rank 0 alone scores and logs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from torch import Tensor
 
@@ -83,11 +83,16 @@ class GenerationEval(L.Callback):
         self.last: dict[str, float] = {}
         self.last_step: int | None = None
 
-    @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not isinstance(pl_module, FlowModule):
             raise TypeError(f"GenerationEval works with FlowModule models, got {type(pl_module).__name__}")
-        self.prepare(pl_module, take_windows(trainer.datamodule.val_dataloader(), self.num_clips))
+        conditions = take_windows(trainer.datamodule.val_dataloader(), self.num_clips) if trainer.is_global_zero else None
+        if _sharded(pl_module):
+            conditions = trainer.strategy.broadcast(conditions, src=0)
+        if trainer.is_global_zero:
+            self.prepare(pl_module, conditions)
+        else:
+            self.conditions = conditions  # None unless sharded: then this rank only helps generate
 
     def prepare(self, module: FlowModule, conditions: AVBatch) -> None:
         """Fix the conditions, build the feature networks (and train the vowel classifier when there is audio)."""
@@ -108,11 +113,15 @@ class GenerationEval(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.evaluate(trainer, pl_module)
 
-    @rank_zero_only
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: FlowModule) -> dict[str, float]:
-        """Generate in every mode, compute the metrics, log them (and media); returns the scalars."""
+        """Generate in every mode, compute the metrics, log them (and media); returns the scalars (on rank 0)."""
         if self.conditions is None or self.last_step == trainer.global_step:  # fit end right after an evaluation
+            return self.last
+        if not trainer.is_global_zero:  # sharded: take part in the collective forwards of generation only
+            for sampler in (self.modes or {"": pl_module.sampler}).values():
+                pl_module.generate(self.conditions.to(pl_module.device), sampler=sampler)
+            self.last_step = trainer.global_step
             return self.last
         device = pl_module.device
         real = self.conditions.to(device)
@@ -212,6 +221,11 @@ def _clip_windows(video: Tensor, frames: int = 4) -> Tensor:
 def _audio_windows(audio: Tensor, samples: int) -> Tensor:
     usable = audio.shape[1] // samples * samples
     return audio[:, :usable].reshape(-1, samples)
+
+
+def _sharded(module: L.LightningModule) -> bool:
+    """Whether the weights are sharded across ranks (ModelParallelStrategy sets a device mesh)."""
+    return module.device_mesh is not None
 
 
 # The callback computes on rank 0 alone: a metric must not wait for the other ranks in compute() (torchmetrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,39 @@ from lightning_mf.data.pipeline import ClipStream
 from lightning_mf.data.shards import read_index
 from lightning_mf.spec import AVSpec
 
-__all__ = ["AVDataModule"]
+__all__ = ["AVDataModule", "ResumableLoader"]
 
 log = logging.getLogger(__name__)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a training :class:`ClipStream` that Lightning can checkpoint (it is ``_Stateful``).
+
+    Its state is the epoch and the batches of that epoch the training loop has *consumed* (counted by
+    :meth:`AVDataModule.on_before_batch_transfer`, not by what the prefetching fetcher pulled). On load, the stream
+    replays the epoch's random draws and drops those batches, so ``fit --ckpt_path`` continues with exactly the data
+    an uninterrupted run would have seen.
+    """
+
+    def __init__(self, stream: ClipStream, **kwargs: Any) -> None:
+        super().__init__(stream, batch_size=None, **kwargs)
+        self.epochs_started, self.consumed = 0, 0
+
+    def __iter__(self) -> Any:
+        self.epochs_started += 1
+        self.consumed = 0
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epochs_started, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if consumed >= len(self):  # saved at the end of an epoch: the next one starts afresh
+            self.epochs_started = self.dataset.epoch = epoch
+        else:  # re-enter the interrupted epoch and drop what was consumed of it
+            self.epochs_started = self.dataset.epoch = epoch - 1
+            self.dataset.skip_batches = consumed
 
 
 class AVDataModule(L.LightningDataModule):
@@ -75,6 +106,7 @@ class AVDataModule(L.LightningDataModule):
         self.index: dict[str, Any] | None = None
         self._streams: dict[str, ClipStream] = {}
         self._logged: dict[str, int] = {}
+        self._train_loader: ResumableLoader | None = None
 
     @property
     def window_frames(self) -> int:
@@ -142,10 +174,14 @@ class AVDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         if split not in self._streams:
             raise RuntimeError(f"no {split} shards in {self.root} (index lists none and no data.{split}_urls given)")
-        return DataLoader(
-            self._streams[split], batch_size=None, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+        kind = ResumableLoader if split == "train" else partial(DataLoader, batch_size=None)
+        loader = kind(
+            self._streams[split], num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
+        if split == "train":
+            self._train_loader = loader
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -170,7 +206,10 @@ class AVDataModule(L.LightningDataModule):
         return totals
 
     def on_before_batch_transfer(self, batch: AVBatch, dataloader_idx: int) -> AVBatch:
-        """Log the skip counters to the Trainer's loggers whenever they grow."""
+        """Count the training batches the loop consumed (the resume position); log the skip counters whenever
+        they grow."""
+        if self.trainer is not None and self.trainer.training and self._train_loader is not None:
+            self._train_loader.consumed += 1
         self._log_skips()
         return batch
 

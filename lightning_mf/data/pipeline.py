@@ -180,6 +180,7 @@ class ClipStream(IterableDataset):
         self.num_workers = num_workers
         self.skips = SkipLog("train" if train else "val", num_workers)
         self.epoch = 0
+        self.skip_batches = 0  # batches of the coming epoch this rank consumed before a resume (train)
         self._reading: tuple[int, str] | None = None  # (serial, url) of the shard being read in this process
         self._failed: tuple[int, str] | None = None
 
@@ -225,13 +226,17 @@ class ClipStream(IterableDataset):
         if worker.count > self.skips.counts.shape[0]:
             raise RuntimeError(f"ClipStream was built for {self.num_workers} workers but runs in {worker.count}")
         limit = self.batches_per_worker if self.train else None
+        # after a resume, replay (and drop) this worker's share of the batches consumed before it: the DataLoader
+        # takes batches from its workers in turn, so worker w had produced batches w, w + W, ... of the epoch
+        skip, self.skip_batches = len(range(worker.index, self.skip_batches, worker.count)), 0
         for count in itertools.count():
             if limit is not None and count >= limit:
                 return
             group = list(itertools.islice(windows, self.batch_size))
             if not group or (self.train and len(group) < self.batch_size):
                 return
-            yield AVBatch.collate(group)
+            if count >= skip:
+                yield AVBatch.collate(group)
 
     @property
     def batches_per_worker(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -11,9 +12,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_mf.batch import AVBatch, Cond
 from lightning_mf.data.media import write_clip
@@ -107,10 +108,16 @@ class FlowModule(L.LightningModule):
         codec: token codecs.
         sampler: Multi-mode sampling used by ``predict``.
         optimizer: optimizer factory (``class_path``/``init_args`` in YAML); default: the paper's AdamW.
+        scheduler: learning-rate scheduler factory of that optimizer, stepped every optimizer step (e.g.
+            ``torch.optim.lr_scheduler.LinearLR`` as a warm-up); None = constant.
         grad_clip: gradient norm clip (None = off).
         ema_decay: decay of the weight EMA kept as a submodule (saved with checkpoints; None = off).
         cfg_dropout: probability of dropping the transcript of a training window (enables CFG).
         predict_dir: where ``predict`` writes mp4/wav files (default: ``<trainer log dir>/predictions``).
+        max_nonfinite_steps: optimizer steps whose gradients are NaN/Inf are skipped (no update, no EMA) and
+            counted (``train/nonfinite_steps``); more than this many stop the run with an error (None: never).
+        activation_checkpointing: recompute each transformer layer in backward instead of keeping its
+            activations (less memory, about one more forward of compute).
     """
 
     def __init__(
@@ -121,19 +128,23 @@ class FlowModule(L.LightningModule):
         codec: CodecConfig = CodecConfig(),
         sampler: SamplerConfig = SamplerConfig(),
         optimizer: OptimizerCallable = paper_adamw,
+        scheduler: LRSchedulerCallable | None = None,
         grad_clip: float | None = 0.5,
         ema_decay: float | None = 0.999,
         cfg_dropout: float = 0.1,
         predict_dir: str | None = None,
+        max_nonfinite_steps: int | None = 20,
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"model.cfg_dropout must be in [0, 1), got {cfg_dropout}")
-        self.spec, self.tower_config, self.sampler = spec, tower, sampler
+        self.spec, self.tower_config, self.codec_config, self.sampler = spec, tower, codec, sampler
         self.optimizer, self.grad_clip, self.ema_decay, self.cfg_dropout = optimizer, grad_clip, ema_decay, cfg_dropout
-        self.predict_dir = predict_dir
+        self.scheduler = scheduler
+        self.predict_dir, self.max_nonfinite_steps = predict_dir, max_nonfinite_steps
         self.seq = AVSequencer(spec, modalities, **asdict(codec))
         wide = {m: self.seq.token_dim(m) for m in self.seq.modalities if self.seq.token_dim(m) > tower.dim}
         if wide:
@@ -143,16 +154,99 @@ class FlowModule(L.LightningModule):
                 "codec.patch / codec.tubelet or a wider tower"
             )
         self.net = AVTransformer({m: Tower(self.seq.token_dim(m), tower) for m in self.seq.modalities})
+        self.net.activation_checkpointing = activation_checkpointing
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay is not None else None
+        self.run_seed: int | None = None  # fixed at the first fit start; kept in checkpoints
+        self.nonfinite_steps = 0
+        self._skipped_step = False
+
+    def networks(self) -> list[nn.Module]:
+        """The networks this stage holds (sharded one by one under FSDP)."""
+        return [n for n in (self.net, self.ema) if n is not None]
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2): shard every network over the data-parallel mesh.
+
+        Each network is one FSDP unit: a layer of the joint model uses both towers' blocks in two phases (their
+        q/k/v, then fused attention and the rest), so blocks are not separate ``forward`` calls FSDP could hook.
+        """
+        mesh = self.device_mesh
+        if mesh is None:
+            return
+        if mesh["tensor_parallel"].size() != 1:
+            raise ValueError(
+                "lightning-mf shards data-parallel only: set trainer.strategy.init_args.tensor_parallel_size: 1 "
+                f"(got a {mesh['tensor_parallel'].size()}-way tensor-parallel mesh)"
+            )
+        from torch.distributed.fsdp import fully_shard
+
+        for network in self.networks():
+            fully_shard(network, mesh=mesh["data_parallel"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the class, so tools (``lightning-mf evaluate``) can rebuild any stage from the file alone."""
+        """Record the class (so tools can rebuild any stage from the file alone), the run's seed and fault count."""
         checkpoint["lightning_mf_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["lightning_mf_state"] = {"run_seed": self.run_seed, "nonfinite_steps": self.nonfinite_steps}
+
+    def check_shapes(self, hparams: dict[str, Any], source: str) -> None:
+        """Raise if the hyper-parameters of a checkpoint (from ``source``) give networks of another shape."""
+        for name, mine in (("spec", self.spec), ("tower", self.tower_config), ("codec", self.codec_config)):
+            theirs = hparams.get(name, mine)
+            if isinstance(theirs, dict):  # LightningCLI stores dataclass arguments as dicts
+                theirs = type(mine)(**theirs)
+            if theirs != mine:
+                raise ValueError(f"{source} was trained with {name}={theirs}, this model has {name}={mine}; make them equal")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, before any compute, a checkpoint of another stage or shape (e.g. ``fit --ckpt_path`` of the wrong
+        run); restore the run's seed and fault count."""
+        mine, theirs = f"{type(self).__module__}.{type(self).__qualname__}", checkpoint.get("lightning_mf_class")
+        if theirs is not None and theirs != mine:
+            raise ValueError(
+                f"the checkpoint was written by {theirs}, this run is {mine}: resume a run with its own stage's "
+                "checkpoint; to start a stage from an earlier one, use its init options (video_ckpt/audio_ckpt, init_ckpt)"
+            )
+        self.check_shapes(checkpoint.get("hyper_parameters", {}), "the checkpoint")
+        state = checkpoint.get("lightning_mf_state", {})
+        self.run_seed, self.nonfinite_steps = state.get("run_seed"), state.get("nonfinite_steps", 0)
+
+    # --------------------------------------------------------------------------------------- randomness
+
+    def on_fit_start(self) -> None:
+        if self.run_seed is None:  # seed_everything's seed (random unless configured), rank 0's, fixed for the run
+            seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed() % 2**31))
+            self.run_seed = int(self.trainer.strategy.broadcast(seed, src=0))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed torch's RNG from (run seed, step, micro-batch group): the noise of a step does not depend on what
+        ran before it, so a resumed run replays it exactly, and a global batch split into ranks x micro-batches
+        draws the same noise however it is split."""
+        torch.manual_seed(self.step_seed(self.micro_group(batch_idx)))
+        self._skipped_step = False
+
+    def accumulation(self) -> int:
+        """Micro-batches per optimizer step."""
+        return self.trainer.accumulate_grad_batches
+
+    def micro_group(self, batch_idx: int) -> int:
+        """Index of this micro-batch in the global batch: ``rank * accumulation + micro``."""
+        return self.global_rank * self.accumulation() + batch_idx % self.accumulation()
+
+    def step_seed(self, group: int, stream: int = 0) -> int:
+        """The seed of one random stream of micro-batch ``group`` at the current step."""
+        return ((((self.run_seed or 0) * 1_000_003 + self.global_step) * 10_007 + group) * 101 + stream) % 2**63
 
     # --------------------------------------------------------------------------------------- optimisation
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.net.parameters())
+    def configure_optimizers(self) -> dict[str, Any]:
+        return self.optimization(self.net)
+
+    def optimization(self, net: nn.Module) -> dict[str, Any]:
+        """The optimizer of ``net`` and, if configured, its per-step learning-rate scheduler (Lightning's dict)."""
+        optimizer = self.optimizer(net.parameters())
+        if self.scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
         """The module's ``grad_clip`` applies in every stage (manual-optimisation stages call it themselves)."""
@@ -160,8 +254,46 @@ class FlowModule(L.LightningModule):
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.update_ema()
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._skipped_step |= not self.skip_nonfinite(optimizer)
+
+    def skip_nonfinite(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Drop the gradients of ``optimizer`` if any is NaN/Inf (its step then changes nothing), count it, and
+        stop after ``max_nonfinite_steps``. Returns whether the gradients were finite.
+
+        Every rank decides alike: DDP/FSDP average gradients across ranks before this runs, so a NaN anywhere is
+        a NaN everywhere, and the sharded norm is all-reduced.
+        """
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return True
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+        if bool(torch.isfinite(norm)):
+            return True
+        for p in params:
+            p.grad = None
+        self.nonfinite_steps += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+        limit = self.max_nonfinite_steps
+        if limit is not None and self.nonfinite_steps > limit:
+            raise RuntimeError(
+                f"{self.nonfinite_steps} optimizer steps had NaN/Inf gradients (the last at step {self.global_step}), "
+                f"more than model.max_nonfinite_steps={limit}: stopping. Lower the learning rate, check the data, or "
+                "raise the limit"
+            )
+        rank_zero_warn(f"step {self.global_step}: NaN/Inf gradients, step skipped ({self.nonfinite_steps} so far)")
+        return False
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """EMA right after each step of the shared network (before callbacks such as checkpointing see it), unless
+        the step was skipped; not after micro-batches of an accumulation (no step happens there)."""
+        if not self._skipped_step:
+            self.update_ema()
 
     @torch.no_grad()
     def update_ema(self) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from lightning_mf.batch import AVBatch, Cond
@@ -66,6 +67,8 @@ class MutualForcing(TeacherForcing):
         fake_rank: rank of the ``lora`` fake score.
         fake_optimizer: optimizer factory of the fake score.
         fake_updates: fake-score steps per training step.
+        accumulate: micro-batches per optimizer step (Lightning's ``accumulate_grad_batches`` is for automatic
+            optimisation only). The fake score trains on all of a step's samples after the shared model's step.
         dmd_levels: range of the re-noising level of DMD samples.
         window: KV-cache window in chunks used by the rollout and the training attention (None = all).
         ctx_s: noise level at which rolled-out chunks are written to the cache.
@@ -98,6 +101,7 @@ class MutualForcing(TeacherForcing):
         fake_rank: int = 8,
         fake_optimizer: OptimizerCallable = paper_adamw,
         fake_updates: int = 1,
+        accumulate: int = 1,
         dmd_levels: tuple[float, float] = (0.02, 0.98),
         window: int | None = None,
         ctx_s: float = 0.0,
@@ -119,13 +123,15 @@ class MutualForcing(TeacherForcing):
         for name, steps in (("rollout_steps", rollout_steps), ("shortcut_steps", shortcut_steps), ("dmd_steps", dmd_steps)):
             if not steps or any(n < 1 for n in steps):
                 raise ValueError(f"model.{name} must list jump counts >= 1, got {list(steps)}")
-        if min(fm_weight, sd_weight, sc_weight, dmd_weight) < 0 or fake_updates < 1:
-            raise ValueError("model loss weights must be >= 0 and fake_updates >= 1")
+        if min(fm_weight, sd_weight, sc_weight, dmd_weight) < 0 or fake_updates < 1 or accumulate < 1:
+            raise ValueError("model loss weights must be >= 0, fake_updates and accumulate >= 1")
         if not 0.0 < dmd_levels[0] <= dmd_levels[1] < 1.0:
             raise ValueError(f"model.dmd_levels must satisfy 0 < low <= high < 1, got {list(dmd_levels)}")
         self.init_ckpt, self.history_source, self.sdedit_level, self.chunks = init_ckpt, history, sdedit_level, chunks
         self.rollout_steps, self.dmd_steps, self.few_shift = tuple(rollout_steps), tuple(dmd_steps), few_shift
         self.distill_cfg, self.real_score, self.fake_optimizer, self.fake_updates = distill_cfg, real_score, fake_optimizer, fake_updates
+        self.accumulate, self._accumulating = accumulate, False
+        self._fake_batches: list[tuple[int, AV, dict[str, Tokens], Cond, AV]] = []  # this step's fake-score data
         self.weights = {"fm": fm_weight, "sc": sd_weight * sc_weight, "dmd": sd_weight * dmd_weight}
         self.dmd_levels, self.window, self.ctx_s, self.control_seed = dmd_levels, window, ctx_s, control_seed
         self.register_buffer("pairs", shortcut_pairs(tuple(shortcut_steps), few_shift, min_step).float(), persistent=False)
@@ -145,10 +151,17 @@ class MutualForcing(TeacherForcing):
                 if isinstance(net, AVTransformer):  # a LowRankDelta fake score follows self.net by itself
                     net.load_state_dict(weights)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        optimizers = [self.optimizer(self.net.parameters())]
+    def networks(self) -> list[nn.Module]:
+        if isinstance(self.fake, LowRankDelta):
+            if self.device_mesh is not None:
+                raise ValueError("model.fake_score: lora is not supported under FSDP (ModelParallelStrategy); use copy")
+            return super().networks() + [n for n in (self.teacher,) if n is not None]
+        return super().networks() + [n for n in (self.fake, self.teacher) if n is not None]
+
+    def configure_optimizers(self) -> list[dict[str, Any]]:
+        optimizers = [self.optimization(self.net)]
         if self.fake is not None:
-            optimizers.append(self.fake_optimizer(self.fake.parameters()))
+            optimizers.append({"optimizer": self.fake_optimizer(self.fake.parameters())})
         return optimizers
 
     # ------------------------------------------------------------------------------------------- the step
@@ -182,12 +195,23 @@ class MutualForcing(TeacherForcing):
 
         optimizers = self.optimizers()
         optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        self.configure_gradient_clipping(optimizer)
-        optimizer.step()
+        micro = batch_idx % self.accumulate
+        if micro == 0:
+            optimizer.zero_grad()
+        self.manual_backward(loss / self.accumulate)
         if sample is not None:
-            logs["train/fake_fm"] = self.train_fake(self.optimizers(use_pl_optimizer=False)[1], sample, prefix, cond, history)
+            self._fake_batches.append((self.micro_group(batch_idx), sample, prefix, cond, history))
+        self._accumulating = micro < self.accumulate - 1
+        if not self._accumulating:
+            self.configure_gradient_clipping(optimizer)
+            optimizer.step()
+            self.after_optimizer_step()
+            if self.scheduler is not None:  # manual optimisation: Lightning does not step schedulers
+                scheduler = self.lr_schedulers()
+                (scheduler[0] if isinstance(scheduler, list) else scheduler).step()
+            if self._fake_batches:
+                logs["train/fake_fm"] = self.train_fake(self.optimizers(use_pl_optimizer=False)[1], self._fake_batches)
+            self._fake_batches = []
 
         logs |= {f"train/{name}": value.detach() for name, value in losses.items()}
         logs["train/chunks"] = torch.tensor(float(count))
@@ -279,21 +303,51 @@ class MutualForcing(TeacherForcing):
             fake_x0 = {m: x0_from_velocity(xt[m], t.view(-1, 1, 1), fake[m]) for m in xt}
         return dmd_loss(sample, real_x0, fake_x0), {m: v.detach() for m, v in sample.items()}
 
-    def train_fake(self, optimizer: torch.optim.Optimizer, sample: AV, prefix: dict[str, Tokens], cond: Cond, history: AV) -> Tensor:
+    def train_fake(self, optimizer: torch.optim.Optimizer, batches: list[tuple[int, AV, dict[str, Tokens], Cond, AV]]) -> Tensor:
         """Flow matching of the fake score on the detached Few samples (same history): it tracks Few mode's
-        distribution. Its optimizer steps outside Lightning's step count, so ``global_step`` counts training
-        steps (fp16 loss scaling is therefore not supported; bf16 and fp32 are)."""
-        for _ in range(self.fake_updates):
-            fm = teacher_forcing_flow_matching(self.fake, self.seq, sample, prefix, cond, self.noise, history, self.window)
-            loss = fm.loss({"audio": self.audio_weight})
+        distribution. Each micro-batch ``(group, sample, prefix, cond, history)`` draws its noise from its own
+        seed, so the result does not depend on how the global batch was split into ranks and micro-batches. The
+        optimizer steps outside Lightning's step count, so ``global_step`` counts training steps (fp16 loss
+        scaling is therefore not supported; bf16 and fp32 are)."""
+        for update in range(self.fake_updates):
             optimizer.zero_grad()
-            self.manual_backward(loss)
+            total = torch.zeros((), device=self.device)
+            for group, sample, prefix, cond, history in batches:
+                torch.manual_seed(self.step_seed(group, stream=1 + update))
+                fm = teacher_forcing_flow_matching(self.fake, self.seq, sample, prefix, cond, self.noise, history, self.window)
+                loss = fm.loss({"audio": self.audio_weight}) / len(batches)
+                self.manual_backward(loss)
+                total += loss.detach()
             if self.grad_clip:
                 self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+            self.skip_nonfinite(optimizer)  # a raw optimizer: Lightning's hook does not run for it
             optimizer.step()
-        return loss.detach()
+        return total
+
+    def accumulation(self) -> int:
+        return self.accumulate
+
+    def on_train_start(self) -> None:
+        batches = self.trainer.num_training_batches
+        if self.accumulate > 1 and batches != float("inf") and batches % self.accumulate:
+            raise ValueError(
+                f"model.accumulate={self.accumulate} does not divide the {batches} training batches of an epoch (the "
+                "last micro-batches of every epoch would be dropped); set data.batches_per_epoch to a multiple of it"
+            )
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Validation may fall inside an accumulation (``val_check_interval`` counts batches): keep its gradients."""
+        if not self._accumulating:
+            super().on_validation_model_zero_grad()
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):
+            raise ValueError(
+                "MutualForcing under DDP needs trainer.strategy: ddp_find_unused_parameters_true (each backward uses "
+                "only some networks: shared model, then fake score); or use ModelParallelStrategy (FSDP2)"
+            )
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None:
             raise ValueError("MutualForcing supports precision 32 and bf16-mixed, not fp16 with loss scaling (use bf16-mixed)")

@@ -70,6 +70,8 @@ class TeacherForcing(FlowModule):
     def read_net(self, path: str, field: str, modalities: tuple[str, ...]) -> dict[str, Tensor]:
         """The network weights (EMA if ``init_from_ema`` and present) of a checkpoint with the given towers and this
         model's spec and tower size; errors name ``field`` (the config option that gave ``path``)."""
+        if Path(path).is_dir():
+            raise ValueError(f"{field}={path} is a sharded checkpoint folder; run `lightning-mf consolidate --ckpt {path}` and give the file it writes")
         if not Path(path).is_file():
             raise FileNotFoundError(f"{field}={path} does not exist; train the earlier stage first (configs/tiny/)")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -78,12 +80,7 @@ class TeacherForcing(FlowModule):
         missing = [m for m in modalities if m not in theirs]
         if missing:
             raise ValueError(f"{field}={path} is a checkpoint of {theirs} towers, it has no {missing}")
-        for name, mine in (("spec", self.spec), ("tower", self.tower_config)):
-            theirs_value = hparams.get(name, mine)
-            if isinstance(theirs_value, dict):  # LightningCLI stores dataclass arguments as dicts
-                theirs_value = type(mine)(**theirs_value)
-            if theirs_value != mine:
-                raise ValueError(f"{field}={path} was trained with {name}={theirs_value}, this model has {name}={mine}; make them equal")
+        self.check_shapes(hparams, f"{field}={path}")
         source = "ema" if self.init_from_ema and any(k.startswith("ema.") for k in checkpoint["state_dict"]) else "net"
         return {k[len(source) + 1 :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(f"{source}.")}
 
@@ -100,11 +97,12 @@ class TeacherForcing(FlowModule):
     def _step(self, batch: AVBatch, stage: Literal["train", "val"], cfg_dropout: float) -> Tensor:
         result = self.flow_matching(batch, cfg_dropout)
         loss = result.loss({"audio": self.audio_weight})
-        logs = {f"{stage}/fm_{m}": e.mean() for m, e in result.errors.items()}
-        logs |= {f"{stage}/fm_{name}": value for name, value in result.by_bucket().items()}
         when = {"on_step": stage == "train", "on_epoch": stage == "val", "batch_size": batch.size}
-        self.log_dict(logs, **when)
-        self.log(f"{stage}/loss", loss, prog_bar=True, **when)
+        # validation averages over all ranks; per-noise-level buckets stay per rank, because a rank may draw no
+        # level in a bucket and every rank must log the same synced keys (else the all-reduces hang)
+        self.log_dict({f"{stage}/fm_{m}": e.mean() for m, e in result.errors.items()}, sync_dist=stage == "val", **when)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage == "val", **when)
+        self.log_dict({f"{stage}/fm_{name}": value for name, value in result.by_bucket().items()}, **when)
         return loss
 
 

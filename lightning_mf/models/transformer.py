@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from lightning_mf.batch import Cond
@@ -67,6 +68,7 @@ class AVTransformer(nn.Module):
         self.gates = nn.ParameterDict(
             {f"{m}_from_{o}": nn.Parameter(torch.zeros(self.depth)) for m in towers for o in towers if m != o}
         )
+        self.activation_checkpointing = False  # recompute each layer in backward instead of storing its activations
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -117,40 +119,56 @@ class AVTransformer(nn.Module):
             key_layouts[o] = Layout.cat([part for part in parts if part is not None])
         masks = {(m, o): attention_mask(tokens[m].layout, key_layouts[o], window) for m in names for o in sources}
         written: dict[str, tuple[list[Tensor], list[Tensor]]] = {m: ([], []) for m in names}
-
+        recompute = self.activation_checkpointing and torch.is_grad_enabled() and not write
         for i in range(self.depth):
-            q, keys, values, mod = {}, {}, {}, {}
-            for m in names:
-                block, pos = self.towers[m].blocks[i], tokens[m].pos
-                mod[m] = ada[m] + block.modulation  # (B, N, 6, D): shift, scale, gate of attention, then of the MLP
-                qkv = block.qkv(modulate(block.norm1(h[m]), mod[m][:, :, 0], mod[m][:, :, 1])).chunk(3, dim=-1)
-                q[m] = self.towers[m].rope.rotate(block.q_norm(block.split_heads(qkv[0])), pos)  # (B, H, N, Dh)
-                keys[m] = self.towers[m].rope.rotate(block.k_norm(block.split_heads(qkv[1])), pos)
-                values[m] = block.split_heads(qkv[2])
-                if write:
-                    written[m][0].append(keys[m])
-                    written[m][1].append(values[m])
-            for o in sources:  # prepend what the cache holds
-                cached = cache.get(o, i) if cache is not None else None
-                if cached is not None:
-                    keys[o] = torch.cat([cached[0], keys[o]], dim=2) if o in tokens else cached[0]
-                    values[o] = torch.cat([cached[1], values[o]], dim=2) if o in tokens else cached[1]
-            for m in names:
-                block = self.towers[m].blocks[i]
-                out = attend(q[m], keys[m], values[m], masks[(m, m)])  # (B, H, N, Dh)
-                for o in sources:
-                    if o != m:
-                        gate = torch.tanh(self.gates[f"{m}_from_{o}"][i])
-                        out = out + gate * attend(q[m], keys[o], values[o], masks[(m, o)])
-                h[m] = h[m] + mod[m][:, :, 2] * block.proj(out.transpose(1, 2).flatten(2))
-                h[m] = h[m] + self._cross_attend(self.towers[m], block, h[m], tokens[m].pos, text[m])
-                h[m] = h[m] + mod[m][:, :, 5] * block.mlp(modulate(block.norm3(h[m]), mod[m][:, :, 3], mod[m][:, :, 4]))
+            args = (i, h, ada, tokens, sources, masks, text, cache)
+            if recompute:  # keep only each layer's input; recompute the layer in backward
+                h, kv = torch.utils.checkpoint.checkpoint(self._layer, *args, use_reentrant=False)
+            else:
+                h, kv = self._layer(*args)
+            for m in names if write else ():
+                written[m][0].append(kv[m][0])
+                written[m][1].append(kv[m][1])
 
         if write:
             for m in names:
                 cache.append(m, tokens[m].layout, *written[m])
             cache.roll()
         return {m: self.towers[m].out(modulate(self.towers[m].final_norm(h[m]), final[m][0], final[m][1])) for m in names}
+
+    def _layer(
+        self, i: int, h: dict[str, Tensor], ada: dict[str, Tensor], tokens: dict[str, Tokens], sources: list[str],
+        masks: dict[tuple[str, str], Tensor], text: dict[str, tuple[Tensor, Tensor, Tensor]], cache: KVCache | None,
+    ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
+        """Block ``i`` of every tower: fused (gated cross-modal) self-attention, text cross-attention, MLP. Returns
+        the new hidden states and this forward's keys/values per modality (for a cache write)."""
+        names = list(tokens)
+        q, keys, values, mod = {}, {}, {}, {}
+        for m in names:
+            block, pos = self.towers[m].blocks[i], tokens[m].pos
+            mod[m] = ada[m] + block.modulation  # (B, N, 6, D): shift, scale, gate of attention, then of the MLP
+            qkv = block.qkv(modulate(block.norm1(h[m]), mod[m][:, :, 0], mod[m][:, :, 1])).chunk(3, dim=-1)
+            q[m] = self.towers[m].rope.rotate(block.q_norm(block.split_heads(qkv[0])), pos)  # (B, H, N, Dh)
+            keys[m] = self.towers[m].rope.rotate(block.k_norm(block.split_heads(qkv[1])), pos)
+            values[m] = block.split_heads(qkv[2])
+        current = {m: (keys[m], values[m]) for m in names}
+        for o in sources:  # prepend what the cache holds
+            cached = cache.get(o, i) if cache is not None else None
+            if cached is not None:
+                keys[o] = torch.cat([cached[0], keys[o]], dim=2) if o in tokens else cached[0]
+                values[o] = torch.cat([cached[1], values[o]], dim=2) if o in tokens else cached[1]
+        out_h = {}
+        for m in names:
+            block = self.towers[m].blocks[i]
+            out = attend(q[m], keys[m], values[m], masks[(m, m)])  # (B, H, N, Dh)
+            for o in sources:
+                if o != m:
+                    gate = torch.tanh(self.gates[f"{m}_from_{o}"][i])
+                    out = out + gate * attend(q[m], keys[o], values[o], masks[(m, o)])
+            x = h[m] + mod[m][:, :, 2] * block.proj(out.transpose(1, 2).flatten(2))
+            x = x + self._cross_attend(self.towers[m], block, x, tokens[m].pos, text[m])
+            out_h[m] = x + mod[m][:, :, 5] * block.mlp(modulate(block.norm3(x), mod[m][:, :, 3], mod[m][:, :, 4]))
+        return out_h, current
 
     @staticmethod
     def _text(tower: Tower, cond: Cond | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

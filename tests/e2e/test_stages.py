@@ -4,6 +4,7 @@ the joint stage starts from the two stage-1 checkpoints, predict writes media, -
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -22,6 +23,19 @@ def _fit(stage: str, tiny_shards: Path, runs: Path, *extra: str) -> None:
         f"--trainer.callbacks.dirpath={runs / stage / 'checkpoints'}",  # the config's ModelCheckpoint
         "--model.init_args.tower.dim", "32", "--model.init_args.tower.heads", "2", *extra,
     ])
+
+
+def test_cli_fit_resumes_from_its_last_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:
+    """`fit --ckpt_path last.ckpt` through the CLI (which loads with weights_only=True) continues the run."""
+    runs = tmp_path / "runs"
+    _fit("video_pretrain", tiny_shards, runs)
+    last = runs / "video_pretrain" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    _fit("video_pretrain", tiny_shards, runs, "--trainer.max_steps", "5", "--ckpt_path", str(last))
+    resumed = torch.load(last, weights_only=False)
+    assert (first["global_step"], resumed["global_step"]) == (3, 5)
+    assert resumed["lightning_mf_state"]["run_seed"] == first["lightning_mf_state"]["run_seed"] == 0
+    assert resumed["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["epoch"] >= 1
 
 
 @pytest.mark.slow

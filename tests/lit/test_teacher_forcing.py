@@ -28,7 +28,7 @@ def test_a_tiny_model_overfits_one_batch(tiny_shards: Path) -> None:
     batch = _batch(tiny_shards)
     model = UniModalPretraining("audio", tower=TINY_TOWER, ema_decay=None, cfg_dropout=0.0,
                                 optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
-    optimizer = model.configure_optimizers()
+    optimizer = model.configure_optimizers()["optimizer"]
     generator_state = torch.get_rng_state()
     losses = []
     for _ in range(150):
