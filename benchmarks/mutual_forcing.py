@@ -54,7 +54,7 @@ def step_times(steps: int) -> list[str]:
     from lightning_mf.data.datamodule import AVDataModule
     from lightning_mf.data.shards import ShardSummary, synthetic_sources, write_shards
     from lightning_mf.data.synthetic import PRESETS
-    from lightning_mf.lit import MutualForcing
+    from lightning_mf.lit import CodecConfig, MutualForcing
     from lightning_mf.models import TowerConfig
     from lightning_mf.objectives import NoiseSchedule
     from lightning_mf.spec import AVSpec
@@ -73,7 +73,7 @@ def step_times(steps: int) -> list[str]:
             L.seed_everything(0)
             given = config["model"]["init_args"]
             model = MutualForcing(
-                spec=spec, tower=TowerConfig(**given["tower"]), noise=NoiseSchedule(**given["noise"]),
+                spec=spec, tower=TowerConfig(**given["tower"]), codec=CodecConfig(**given["codec"]), noise=NoiseSchedule(**given["noise"]),
                 optimizer=partial(instantiate_class, init=given["optimizer"]),
                 fake_optimizer=partial(instantiate_class, init=given["fake_optimizer"]), **args,
             )

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     spec = AVSpec()
-    seq = AVSequencer(spec, ("video", "audio"), patch=8, tubelet=2)
+    seq = AVSequencer(spec, ("video", "audio"), patch=4, tubelet=2)  # the codec of configs/tiny
     torch.manual_seed(0)
     config = TowerConfig(dim=128, depth=4, heads=4)
     net = AVTransformer({m: Tower(seq.token_dim(m), config) for m in seq.modalities}).eval()
@@ -62,7 +62,7 @@ def main() -> None:
     body = (
         f"## Streaming latency per chunk (tiny joint model, 4 blocks x 128, Few mode {args.steps} steps)\n\n"
         f"`{command}` on {machine()}, batch 1, {time.strftime('%Y-%m-%d')}. A chunk is {spec.chunk_seconds:.3f} s of video and audio "
-        f"(16 video + 8 audio tokens); each chunk costs {args.steps} forwards plus one cache write.\n\n{table}"
+        f"({seq.tokens_per_chunk('video')} video + {seq.tokens_per_chunk('audio')} audio tokens); each chunk costs {args.steps} forwards plus one cache write.\n\n{table}"
     )
     print(write_section(args.write, "streaming", body) if args.write else body)
 

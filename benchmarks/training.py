@@ -32,7 +32,7 @@ def measure(stage: str, steps: int) -> dict[str, float]:
     from lightning_mf.data.datamodule import AVDataModule
     from lightning_mf.data.shards import ShardSummary, synthetic_sources, write_shards
     from lightning_mf.data.synthetic import PRESETS
-    from lightning_mf.lit import JointTraining, UniModalPretraining
+    from lightning_mf.lit import CodecConfig, JointTraining, UniModalPretraining
     from lightning_mf.models import TowerConfig
     from lightning_mf.objectives import NoiseSchedule
     from lightning_mf.spec import AVSpec
@@ -40,7 +40,10 @@ def measure(stage: str, steps: int) -> dict[str, float]:
     config = yaml.safe_load((REPO / "configs" / "tiny" / f"{stage}.yaml").read_text())
     args, data = config["model"]["init_args"], config["data"]
     spec = AVSpec(**data["spec"])
-    common = dict(spec=spec, tower=TowerConfig(**args["tower"]), ema_decay=args["ema_decay"], optimizer=lambda p: torch.optim.AdamW(p, lr=3e-4))
+    common = dict(
+        spec=spec, tower=TowerConfig(**args["tower"]), codec=CodecConfig(**args["codec"]), ema_decay=args["ema_decay"],
+        optimizer=lambda p: torch.optim.AdamW(p, lr=3e-4),
+    )
     model = UniModalPretraining(args["modality"], **common) if "modality" in args else JointTraining(noise=NoiseSchedule(**args["noise"]), **common)
     with tempfile.TemporaryDirectory() as tmp:
         preset = PRESETS["tiny"]
@@ -49,7 +52,7 @@ def measure(stage: str, steps: int) -> dict[str, float]:
         dm = AVDataModule(root=tmp, spec=spec, window_chunks=data["window_chunks"], batch_size=data["batch_size"], batches_per_epoch=1)
         dm.setup("fit")
         batch = next(iter(dm.train_dataloader()))
-    optimizer = model.configure_optimizers()
+    optimizer = model.configure_optimizers()["optimizer"]
     times = []
     for _ in range(steps + 3):
         started = time.perf_counter()

@@ -23,6 +23,7 @@ from lightning_mf.tools import shards
 from lightning_mf.tools.consolidate import consolidate
 from lightning_mf.tools.evaluate import evaluate
 from lightning_mf.tools.generate import generate
+from lightning_mf.tools.pipeline import pipeline
 
 __all__ = ["main", "run", "MFLightningCLI"]
 
@@ -34,6 +35,7 @@ TOOLS: dict[str, Callable[..., object] | dict[str, Callable[..., object]]] = {
     "evaluate": evaluate,
     "generate": generate,
     "consolidate": consolidate,
+    "pipeline": pipeline,
 }
 TOOL_HELP = {
     "shards": "write WebDataset shards (synthetic | folder) and inspect them",
@@ -42,6 +44,7 @@ TOOL_HELP = {
         "stream a clip from a first frame and a transcript (mp4 + wav), printing FPS, time to first chunk and NFE"
     ),
     "consolidate": "merge a sharded (FSDP) checkpoint folder into one file for the next stage, evaluate and generate",
+    "pipeline": "the whole method in one command: shards, stages 1-3, evaluation, a generated clip (resumable)",
 }
 
 

@@ -62,17 +62,18 @@ def _fit(tiny_shards: Path, root: Path, stage: str, steps: int, ckpt: str | None
     return model, record
 
 
-@pytest.mark.parametrize(("stage", "workers"), [("video", 0), ("video", 2), ("mutual_forcing", 0)])
-def test_interrupt_and_resume_equals_straight_run(tiny_shards: Path, tmp_path: Path, stage: str, workers: int) -> None:
-    """6 steps straight == 3 steps, then a new process-like Trainer resumed from the step-3 checkpoint for 3 more:
-    bitwise weights (net, EMA, fake score), optimizer and warm-up scheduler states, loss curve and batches. Epochs are 4 batches, so the
-    resume lands mid-epoch and the run crosses an epoch boundary afterwards."""
+@pytest.mark.parametrize(("stage", "workers", "split"), [("video", 0, 3), ("video", 2, 3), ("video", 0, 4), ("mutual_forcing", 0, 3)])
+def test_interrupt_and_resume_equals_straight_run(tiny_shards: Path, tmp_path: Path, stage: str, workers: int, split: int) -> None:
+    """6 steps straight == ``split`` steps, then a new Trainer resumed from that checkpoint for the rest: bitwise
+    weights (net, EMA, fake score), optimizer and warm-up scheduler states, loss curve and batches. Epochs are 4
+    batches: a resume at step 3 lands mid-epoch and crosses an epoch boundary afterwards; at step 4 it starts the
+    next epoch."""
     straight, straight_log = _fit(tiny_shards, tmp_path / "a", stage, 6, workers=workers)
-    _fit(tiny_shards, tmp_path / "b", stage, 3, workers=workers)
+    _fit(tiny_shards, tmp_path / "b", stage, split, workers=workers)
     resumed, resumed_log = _fit(tiny_shards, tmp_path / "b", stage, 6, ckpt=str(tmp_path / "b" / "ckpt" / "last.ckpt"), workers=workers)
 
-    assert sorted(resumed_log.losses) == [4, 5, 6]
-    for step in (4, 5, 6):
+    assert sorted(resumed_log.losses) == list(range(split + 1, 7))
+    for step in range(split + 1, 7):
         assert resumed_log.keys[step] == straight_log.keys[step]
         assert resumed_log.losses[step] == straight_log.losses[step]
     mine, theirs = straight.state_dict(), resumed.state_dict()

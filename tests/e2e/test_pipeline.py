@@ -1,0 +1,60 @@
+"""The README's main command (extracted from README.md, not copied) runs the whole method with a small budget:
+shards, four stages, the evaluation table, an mp4 with its audio track, TensorBoard events; a second run reuses it."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import av
+import pytest
+
+from lightning_mf.data.media import decode_mp4, decode_wav
+from lightning_mf.tools.pipeline import STAGES
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--num-clips", "40", "--steps", "[3, 3, 3, 2]", "--eval-clips", "2", "--duration", "3"]
+
+
+def readme_commands() -> list[list[str]]:
+    """The commands of README.md's "Two commands on a fresh machine" block, without their comments."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"## Two commands on a fresh machine.*?```bash\n(.*?)```", text, flags=re.S)
+    assert block, "README.md lost its set-up block"
+    return [shlex.split(line.split("#")[0]) for line in block.group(1).splitlines() if line.split("#")[0].strip()]
+
+
+def test_readme_names_the_two_scripts() -> None:
+    assert readme_commands() == [["bash", "scripts/demo.sh"], ["bash", "scripts/test.sh"]]
+    assert (REPO / ".ci" / "run").read_text().count("scripts/test.sh") >= 1
+
+
+@pytest.mark.slow
+def test_readme_main_command_runs_the_pipeline_and_reruns_from_its_results(tmp_path: Path) -> None:
+    demo = readme_commands()[0]
+    args = demo + ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), *SMALL]
+    first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    runs = tmp_path / "runs"
+    table = first.stdout[first.stdout.rindex("=== done in"):]
+    assert re.search(r"metric\s+real \(held-out\)\s+few4\s+multi50", table)
+    assert re.search(r"nfe_per_chunk\s+-\s+4\s+100", table)
+    for metric in ("fd_frames", "fd_audio", "oracle_sync_corr"):
+        assert re.search(rf"^{metric}\s+\S+\s+\S+\s+\S+$", table, flags=re.M), metric
+    assert f"generated clip: {runs / 'generated.mp4'}" in table and f"tensorboard --logdir {runs}" in table
+
+    assert decode_mp4((runs / "generated.mp4").read_bytes()).shape == (48, 32, 32, 3)  # 3 s at 16 fps: longer than 2 s clips
+    assert decode_wav((runs / "generated.wav").read_bytes())[0].shape == (48000,)
+    with av.open(str(runs / "generated.mp4")) as container:  # the muxed AAC track: the same 3 s, padded to 1024-sample frames
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    assert 48000 <= samples < 48000 + 2048
+    for stage in STAGES:
+        assert list((runs / stage).glob("events.out.tfevents.*")), stage
+        assert (runs / stage / "checkpoints" / "last.ckpt").is_file(), stage
+
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(f"=== {stage}: reusing" in again.stdout for stage in STAGES)
+    assert "reusing" in again.stdout.split("=== video_pretrain")[0]  # the shards too
