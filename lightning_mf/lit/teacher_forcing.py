@@ -94,14 +94,19 @@ class TeacherForcing(FlowModule):
     def validation_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "val", 0.0)
 
-    def _step(self, batch: AVBatch, stage: Literal["train", "val"], cfg_dropout: float) -> Tensor:
+    def test_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
+        """The validation measure under ``test/`` (``lightning-mf test``, on the held-out split)."""
+        return self._step(batch, "test", 0.0)
+
+    def _step(self, batch: AVBatch, stage: Literal["train", "val", "test"], cfg_dropout: float) -> Tensor:
         result = self.flow_matching(batch, cfg_dropout)
         loss = result.loss({"audio": self.audio_weight})
-        when = {"on_step": stage == "train", "on_epoch": stage == "val", "batch_size": batch.size}
-        # validation averages over all ranks; per-noise-level buckets stay per rank, because a rank may draw no
+        held_out = stage != "train"
+        when = {"on_step": not held_out, "on_epoch": held_out, "batch_size": batch.size}
+        # held-out losses average over all ranks; per-noise-level buckets stay per rank, because a rank may draw no
         # level in a bucket and every rank must log the same synced keys (else the all-reduces hang)
-        self.log_dict({f"{stage}/fm_{m}": e.mean() for m, e in result.errors.items()}, sync_dist=stage == "val", **when)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage == "val", **when)
+        self.log_dict({f"{stage}/fm_{m}": e.mean() for m, e in result.errors.items()}, sync_dist=held_out, **when)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=held_out, **when)
         self.log_dict({f"{stage}/fm_{name}": value for name, value in result.by_bucket().items()}, **when)
         return loss
 

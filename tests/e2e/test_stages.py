@@ -38,6 +38,19 @@ def test_cli_fit_resumes_from_its_last_checkpoint(tiny_shards: Path, tmp_path: P
     assert resumed["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["epoch"] >= 1
 
 
+def test_validate_and_test_verbs_score_the_held_out_split(tiny_shards: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _fit("video_pretrain", tiny_shards, runs)
+    common = [
+        "--config", str(CONFIGS / "video_pretrain.yaml"), "--data.root", str(tiny_shards), "--trainer.logger", "false",
+        "--ckpt_path", str(runs / "video_pretrain" / "checkpoints" / "last.ckpt"), "--trainer.callbacks", "[]",
+        "--model.init_args.tower.dim", "32", "--model.init_args.tower.heads", "2",
+    ]
+    validated = run(["validate", *common]).trainer.callback_metrics
+    tested = run(["test", *common]).trainer.callback_metrics
+    assert float(validated["val/loss"]) > 0 and float(tested["test/loss"]) == float(validated["val/loss"])  # same split, same seeds
+
+
 @pytest.mark.slow
 def test_three_stage_configs_fit_and_predict(tiny_shards: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
