@@ -87,7 +87,7 @@ class GenerationEval(L.Callback):
         if not isinstance(pl_module, FlowModule):
             raise TypeError(f"GenerationEval works with FlowModule models, got {type(pl_module).__name__}")
         conditions = take_windows(trainer.datamodule.val_dataloader(), self.num_clips) if trainer.is_global_zero else None
-        if _sharded(pl_module):
+        if pl_module.device_mesh is not None:  # sharded weights (ModelParallelStrategy): every rank generates
             conditions = trainer.strategy.broadcast(conditions, src=0)
         if trainer.is_global_zero:
             self.prepare(pl_module, conditions)
@@ -118,28 +118,27 @@ class GenerationEval(L.Callback):
         """Generate in every mode, compute the metrics, log them (and media); returns the scalars (on rank 0)."""
         if self.conditions is None or self.last_step == trainer.global_step:  # fit end right after an evaluation
             return self.last
-        if not trainer.is_global_zero:  # sharded: take part in the collective forwards of generation only
-            for sampler in (self.modes or {"": pl_module.sampler}).values():
-                pl_module.generate(self.conditions.to(pl_module.device), sampler=sampler)
-            self.last_step = trainer.global_step
-            return self.last
-        device = pl_module.device
-        real = self.conditions.to(device)
+        scoring = trainer.is_global_zero  # other ranks get here only when sharded: they join generation's forwards
+        real = self.conditions.to(pl_module.device)
         modes = self.modes or {f"{pl_module.sampler.mode}{pl_module.sampler.steps}": pl_module.sampler}
         scalars: dict[str, float] = {}
         was_training = pl_module.training
         pl_module.eval()
         for name, sampler in modes.items():
             media = pl_module.generate(real, sampler=sampler)
+            if not scoring:
+                continue
             for metric, value in self.scores(pl_module, real, media).items():
                 scalars[f"eval/{metric}_{name}"] = value
             if self.log_media:
                 self._log_media(trainer, pl_module, name, media)
         pl_module.train(was_training)
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
-        self.last, self.last_step = scalars, trainer.global_step
-        return scalars
+        if scoring:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+            self.last = scalars
+        self.last_step = trainer.global_step
+        return self.last
 
     def scores(self, module: FlowModule, real: AVBatch, media: dict[str, Tensor], meta: list[dict[str, Any]] | None = None) -> dict[str, float]:
         """Metrics of ``media`` against the ``real`` windows. ``meta`` describes the clips that made the media
@@ -221,11 +220,6 @@ def _clip_windows(video: Tensor, frames: int = 4) -> Tensor:
 def _audio_windows(audio: Tensor, samples: int) -> Tensor:
     usable = audio.shape[1] // samples * samples
     return audio[:, :usable].reshape(-1, samples)
-
-
-def _sharded(module: L.LightningModule) -> bool:
-    """Whether the weights are sharded across ranks (ModelParallelStrategy sets a device mesh)."""
-    return module.device_mesh is not None
 
 
 # The callback computes on rank 0 alone: a metric must not wait for the other ranks in compute() (torchmetrics

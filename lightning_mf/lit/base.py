@@ -249,17 +249,20 @@ class FlowModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None) -> None:
-        """The module's ``grad_clip`` applies in every stage (manual-optimisation stages call it themselves)."""
+        """Every stage's last word before an optimizer step (manual-optimisation stages call it themselves): the NaN/Inf
+        guard and the module's ``grad_clip``, from one gradient norm. Under fp16 loss scaling the GradScaler skips
+        overflowing steps itself, so Lightning's own clipping runs unchanged."""
         clip = gradient_clip_val if gradient_clip_val is not None else self.grad_clip
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+        algorithm = gradient_clip_algorithm or "norm"
+        if algorithm != "norm" or getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            if clip:
+                self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=algorithm)
+            return
+        self._skipped_step |= not self.clip_or_skip(optimizer, clip)
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self._skipped_step |= not self.skip_nonfinite(optimizer)
-
-    def skip_nonfinite(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Drop the gradients of ``optimizer`` if any is NaN/Inf (its step then changes nothing), count it, and
-        stop after ``max_nonfinite_steps``. Returns whether the gradients were finite.
+    def clip_or_skip(self, optimizer: torch.optim.Optimizer, clip: float | None) -> bool:
+        """Clip the gradients of ``optimizer`` to norm ``clip``, or, if any is NaN/Inf, drop them all (its step then
+        changes nothing), count it, and stop after ``max_nonfinite_steps``. Returns whether they were finite.
 
         Every rank decides alike: DDP/FSDP average gradients across ranks before this runs, so a NaN anywhere is
         a NaN everywhere, and the sharded norm is all-reduced.
@@ -267,9 +270,10 @@ class FlowModule(L.LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return True
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-        if bool(torch.isfinite(norm)):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # a DTensor under FSDP2
+        if bool(torch.isfinite(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)):
+            if clip:
+                torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
             return True
         for p in params:
             p.grad = None

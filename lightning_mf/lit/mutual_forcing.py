@@ -318,9 +318,7 @@ class MutualForcing(TeacherForcing):
                 loss = fm.loss({"audio": self.audio_weight}) / len(batches)
                 self.manual_backward(loss)
                 total += loss.detach()
-            if self.grad_clip:
-                self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-            self.skip_nonfinite(optimizer)  # a raw optimizer: Lightning's hook does not run for it
+            self.clip_or_skip(optimizer, self.grad_clip)
             optimizer.step()
         return total
 

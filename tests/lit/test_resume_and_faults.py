@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -166,5 +167,12 @@ def test_mutual_forcing_under_plain_ddp_names_the_strategy_that_works(tiny_shard
         enable_checkpointing=False, default_root_dir=tmp_path,
     )
     data = AVDataModule(root=str(tiny_shards), spec=AVSpec(), window_chunks=3, batch_size=2, batches_per_epoch=4)
-    with pytest.raises(ValueError, match="needs trainer.strategy: ddp_find_unused_parameters_true .* or use ModelParallelStrategy"):
-        trainer.fit(_model("mutual_forcing"), data)
+    environment = dict(os.environ)
+    try:
+        with pytest.raises(ValueError, match="needs trainer.strategy: ddp_find_unused_parameters_true .* or use ModelParallelStrategy"):
+            trainer.fit(_model("mutual_forcing"), data)
+    finally:  # the 1-process group and its MASTER_PORT must not leak into later multi-process tests
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(environment)
