@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import auto_cli
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_mf.checkpoint import AtomicCheckpointIO
@@ -25,7 +25,7 @@ from lightning_mf.tools.evaluate import evaluate
 from lightning_mf.tools.generate import generate
 from lightning_mf.tools.pipeline import pipeline
 
-__all__ = ["main", "run", "MFLightningCLI"]
+__all__ = ["main", "run", "MFLightningCLI", "RunConfig"]
 
 TRAINER_VERBS = ("fit", "validate", "test", "predict")
 
@@ -60,6 +60,19 @@ class MFLightningCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+class RunConfig(SaveConfigCallback):
+    """Saves the resolved config beside the run: ``config.yaml`` for ``fit``, ``config-<verb>.yaml`` for the other
+    verbs, so a later ``validate``/``test``/``predict`` never replaces the config the run was trained with. A non-fit
+    verb without a logger saves nothing (its log dir would be the working directory)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        verb = str(getattr(stage, "value", stage))  # Lightning passes a TrainerFn ("fit", "validate", ...)
+        if verb != "fit" and trainer.logger is None:
+            return
+        self.config_filename = "config.yaml" if verb == "fit" else f"config-{verb}.yaml"
+        super().setup(trainer, pl_module, stage)
 
 
 def _usage() -> str:
@@ -104,7 +117,7 @@ def run(args: list[str]) -> object:
         return auto_cli(TOOLS, args=_dashes_to_underscores(args), prog="lightning-mf")
     if args[0] in TRAINER_VERBS:
         return MFLightningCLI(
-            L.LightningModule, AVDataModule, subclass_mode_model=True, args=args,
+            L.LightningModule, AVDataModule, subclass_mode_model=True, args=args, save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "lightning-mf"},
         )
     print(_usage(), file=sys.stderr)

@@ -8,11 +8,15 @@ through :class:`AVSequencer`, so positions and layouts are defined once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from lightning_mf.batch import AVBatch
 from lightning_mf.codecs import MelCodec, PatchCodec
+from lightning_mf.codecs.plugin import build_codec
+from lightning_mf.codecs.video import to_uint8
 from lightning_mf.models.masks import Layout
 from lightning_mf.models.transformer import Tokens
 from lightning_mf.spec import AVSpec
@@ -32,10 +36,16 @@ class AVSequencer(nn.Module):
         tubelet: PatchCodec frames per token (must divide ``spec.frames_per_chunk``).
         n_mels: MelCodec mel bands.
         n_fft: MelCodec FFT size.
+        video: import path of another video codec (e.g. a VAE), built as ``cls(spec, **video_args)``; see
+            :mod:`lightning_mf.codecs.plugin` for the interface. None: PatchCodec.
+        video_args: its keyword arguments.
+        audio: the same for audio (None: MelCodec).
+        audio_args: its keyword arguments.
     """
 
     def __init__(
-        self, spec: AVSpec, modalities: tuple[str, ...], patch: int = 8, tubelet: int = 2, n_mels: int = 32, n_fft: int = 1024
+        self, spec: AVSpec, modalities: tuple[str, ...], patch: int = 8, tubelet: int = 2, n_mels: int = 32, n_fft: int = 1024,
+        video: str | None = None, video_args: dict[str, Any] | None = None, audio: str | None = None, audio_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         unknown = set(modalities) - set(MODALITIES)
@@ -45,9 +55,9 @@ class AVSequencer(nn.Module):
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         codecs: dict[str, nn.Module] = {}
         if "video" in self.modalities:
-            codecs["video"] = PatchCodec(spec, patch=patch, tubelet=tubelet)
+            codecs["video"] = build_codec(video, spec, dict(video_args or {}), "video") if video else PatchCodec(spec, patch=patch, tubelet=tubelet)
         if "audio" in self.modalities:
-            codecs["audio"] = MelCodec(spec, n_mels=n_mels, n_fft=n_fft)
+            codecs["audio"] = build_codec(audio, spec, dict(audio_args or {}), "audio") if audio else MelCodec(spec, n_mels=n_mels, n_fft=n_fft)
         self.codecs = nn.ModuleDict(codecs)
 
     def token_dim(self, modality: str) -> int:
@@ -89,8 +99,7 @@ class AVSequencer(nn.Module):
         """Tokens back to media: ``video`` (B, T, 3, H, W) uint8 and ``audio`` (B, S) float."""
         out = {}
         if "video" in x:
-            codec = self.codecs["video"]
-            out["video"] = codec.to_uint8(codec.decode(x["video"].clamp(-1, 1)))
+            out["video"] = to_uint8(self.codecs["video"].decode(x["video"]))  # clamps to [-1, 1]
         if "audio" in x:
             out["audio"] = self.codecs["audio"].decode(x["audio"]).clamp(-1, 1)
         return out

@@ -4,12 +4,14 @@
 #   shortcut_only    DMD weight 0
 #   dmd_only         ShortCut weight 0
 #   teacher_forcing  real history
-# Each logs eval/* for Few 1/2/4/8 and Multi 50 + CFG (notebooks/ablation_eval.yaml) to runs/ablations/<run>.
-#   bash notebooks/make_ablation_runs.sh [STEPS=100] [JOINT_CKPT=runs/demo/joint/checkpoints/last.ckpt] [DATA=data/tiny]
-# The default joint checkpoint is the one `bash scripts/demo.sh` trains.
+# Each logs eval/* for Few 1/2/4/8 and Multi 50 + CFG (notebooks/ablation_eval.yaml) halfway and at the end, to
+# OUT/<run> with its checkpoints.
+#   bash notebooks/make_ablation_runs.sh [STEPS=100] [JOINT_CKPT=runs/demo/joint/checkpoints/last.ckpt] [DATA=data/tiny] [OUT=runs/ablations]
+# The default joint checkpoint is the one `bash scripts/demo.sh` trains. Relative paths are from the repository root.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-STEPS=${1:-100}; JOINT=${2:-runs/demo/joint/checkpoints/last.ckpt}; DATA=${3:-data/tiny}
+STEPS=${1:-100}; JOINT=${2:-runs/demo/joint/checkpoints/last.ckpt}; DATA=${3:-data/tiny}; OUT=${4:-runs/ablations}
+EVERY=$(( STEPS / 2 > 0 ? STEPS / 2 : 1 ))
 [ -f "$JOINT" ] || { echo "no joint checkpoint at $JOINT: run bash scripts/demo.sh first, or pass one" >&2; exit 2; }
 declare -A OVERRIDES=(
   [mutual_forcing]=""
@@ -21,7 +23,7 @@ for run in mutual_forcing shortcut_only dmd_only teacher_forcing; do
   # shellcheck disable=SC2086
   .venv/bin/lightning-mf fit --config configs/tiny/mutual_forcing.yaml --config notebooks/ablation_eval.yaml \
     --data.root "$DATA" --trainer.max_steps "$STEPS" --model.init_args.init_ckpt "$JOINT" \
-    --trainer.logger.init_args.save_dir runs/ablations --trainer.logger.init_args.name "$run" \
-    --trainer.callbacks.dirpath="runs/ablations/$run/checkpoints" ${OVERRIDES[$run]}
+    --trainer.logger.init_args.save_dir "$OUT" --trainer.logger.init_args.name "$run" \
+    --trainer.callbacks.every_n_steps="$EVERY" ${OVERRIDES[$run]}
 done
-echo "runs in runs/ablations; open notebooks/ablations.ipynb"
+echo "runs in $OUT; open notebooks/ablations.ipynb (LMF_ABLATION_RUNS=$OUT if not runs/ablations)"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 import pytest
+from helpers import execute_notebook
 from torch.utils.tensorboard import SummaryWriter
 
 from lightning_mf.analysis import ABLATIONS, METRICS, ablation_table, drift_by_window, load_runs, to_markdown
@@ -63,11 +63,7 @@ def test_notebook_executes_headless_on_fixture_runs(fixture_runs: Path, monkeypa
     monkeypatch.setenv("LMF_ABLATION_RUNS", str(fixture_runs))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(NOTEBOOK.parent)
-    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
-    assert all(not c["outputs"] for c in cells), "commit the notebook without outputs"
-    namespace: dict[str, object] = {}
-    for cell in cells:
-        exec(compile("".join(cell["source"]), str(NOTEBOOK), "exec"), namespace)  # noqa: S102
+    namespace = execute_notebook(NOTEBOOK)
     table = namespace["table"]
     assert len(table) == len(ABLATIONS) and len({row["ablation"] for row in table}) == len(ABLATIONS)
     assert sorted(namespace["figures"]) == ["drift", "history", "objectives", "steps"]

@@ -1,4 +1,5 @@
-"""Codecs turn raw media into transformer tokens and back (METHOD.md §2); swap in VAE codecs with the same API."""
+"""Codecs turn raw media into transformer tokens and back (METHOD.md §2). A VAE with the same interface replaces them
+by import path in the config (``model.codec.video`` / ``audio``, see :mod:`lightning_mf.codecs.plugin`)."""
 
 from __future__ import annotations
 

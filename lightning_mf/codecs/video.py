@@ -1,8 +1,7 @@
 """Default video codec: cut pixel frames into patch tokens and glue them back (METHOD.md §2).
 
 It is a lossless, parameter-free stand-in for a video VAE: a user with a pretrained VAE plugs in another codec
-with the same interface (``encode``, ``decode``, ``token_dim``, ``tokens_per_frame``, ``tokens_per_chunk``,
-``positions``).
+with the same interface by import path (``model.codec.video``, see :mod:`lightning_mf.codecs.plugin`).
 """
 
 from __future__ import annotations
@@ -14,9 +13,14 @@ from torch import Tensor, nn
 
 from lightning_mf.spec import AVSpec
 
-__all__ = ["PatchCodec"]
+__all__ = ["PatchCodec", "to_uint8"]
 
 _CHANNELS = 3
+
+
+def to_uint8(video: Tensor) -> Tensor:
+    """Float video in [-1, 1] -> uint8 (round to nearest, clamp), so uint8 round trips are bit-exact."""
+    return ((video.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 class PatchCodec(nn.Module):
@@ -116,11 +120,6 @@ class PatchCodec(nn.Module):
         x = tokens.reshape(b, steps, self.rows, self.cols, k, _CHANNELS, p, p)  # (B, S, R, Q, k, C, p, p)
         x = x.permute(0, 1, 4, 5, 2, 6, 3, 7)  # (B, S, k, C, R, p, Q, p)
         return x.reshape(b, steps * k, _CHANNELS, self.spec.height, self.spec.width)  # (B, T, C, H, W)
-
-    @staticmethod
-    def to_uint8(video: Tensor) -> Tensor:
-        """Float video in [-1, 1] -> uint8 (round to nearest, clamp), so uint8 round trips are bit-exact."""
-        return ((video.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
     def positions(self, num_frames: int, device: torch.device | str | None = None) -> Tensor:
         """Rotary positions (N, 3) float32 of a clip of ``num_frames`` frames, in token order.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -31,19 +31,28 @@ __all__ = ["CodecConfig", "FlowModule", "SamplerConfig", "paper_adamw"]
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """Token codecs (``lightning_mf.codecs``).
+    """Token codecs (``lightning_mf.codecs``): PatchCodec and MelCodec, or your own (e.g. pretrained VAEs).
 
     Args:
         patch: video patch side in pixels.
         tubelet: video frames per token (divides ``spec.frames_per_chunk``).
         n_mels: mel bands of the audio tokens.
         n_fft: FFT size of the mel spectrogram.
+        video: import path of another video codec class, built as ``cls(spec, **video_args)`` (interface:
+            :mod:`lightning_mf.codecs.plugin`); ``patch`` and ``tubelet`` then do not apply.
+        video_args: keyword arguments of that class (e.g. the path of its weights).
+        audio: import path of another audio codec class (``n_mels`` and ``n_fft`` then do not apply).
+        audio_args: keyword arguments of that class.
     """
 
     patch: int = 8
     tubelet: int = 2
     n_mels: int = 32
     n_fft: int = 1024
+    video: str | None = None
+    video_args: dict[str, Any] = field(default_factory=dict)
+    audio: str | None = None
+    audio_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,11 @@ class SamplerConfig:
 def paper_adamw(params: Any) -> torch.optim.Optimizer:
     """AdamW with the paper's settings (METHOD §4): lr 5e-5, betas (0.9, 0.95), weight decay 0.02."""
     return torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.95), weight_decay=0.02)
+
+
+def predictions_dir(trainer: L.Trainer, configured: str | None) -> Path:
+    """Where ``predict`` writes: the configured folder, else ``<trainer log dir>/predictions``."""
+    return Path(configured or Path(trainer.log_dir or trainer.default_root_dir) / "predictions")
 
 
 class FlowModule(L.LightningModule):
@@ -347,7 +361,7 @@ class FlowModule(L.LightningModule):
     def predict_step(self, batch: AVBatch, batch_idx: int) -> list[str]:
         """Write one mp4 (with the audio track when there is audio) and one wav per window; return the paths."""
         media = self.generate(batch)
-        root = Path(self.predict_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions")
+        root = predictions_dir(self.trainer, self.predict_dir)
         written = []
         for i, key in enumerate(batch.keys):
             stem = root / f"{key}-b{batch_idx}"

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-__all__ = ["LipSync", "SyncEmbedder", "offset_distances"]
+__all__ = ["LipSync", "SyncEmbedder", "clip_scores", "offset_distances"]
 
 
 class SyncEmbedder(Protocol):
@@ -42,6 +42,13 @@ def offset_distances(video_emb: Tensor, audio_emb: Tensor, max_offset: int) -> T
         a = audio_emb[:, max(0, o) : frames - max(0, -o)]
         out.append((v - a).norm(dim=-1).mean(dim=1))  # (B,)
     return torch.stack(out, dim=1)  # (B, 2K+1)
+
+
+def clip_scores(distances: Tensor) -> dict[str, Tensor]:
+    """Per-clip ``lse_d``, ``lse_c`` and ``av_offset`` (frames) from ``offset_distances`` (B, 2K+1) -> (B,) each."""
+    best, index = distances.min(dim=1)
+    max_offset = (distances.shape[1] - 1) // 2
+    return {"lse_d": best, "lse_c": distances.median(dim=1).values - best, "av_offset": index - max_offset}
 
 
 class LipSync(Metric):
@@ -73,9 +80,9 @@ class LipSync(Metric):
 
     def update_embeddings(self, video_emb: Tensor, audio_emb: Tensor) -> None:
         distances = offset_distances(video_emb.double(), audio_emb.double(), self.max_offset)  # (B, O)
-        best = distances.min(dim=1).values
-        self.lse_d_sum += best.sum()
-        self.lse_c_sum += (distances.median(dim=1).values - best).sum()
+        scores = clip_scores(distances)
+        self.lse_d_sum += scores["lse_d"].sum()
+        self.lse_c_sum += scores["lse_c"].sum()
         self.clips += distances.shape[0]
         self.distance_sum += distances.sum(dim=0)
 

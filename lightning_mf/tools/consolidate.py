@@ -27,6 +27,8 @@ def consolidate(*, ckpt: str, out: str | None = None) -> str:
         out: the file to write (default: the folder's path + ``.consolidated``).
     """
     folder = Path(ckpt)
+    if not folder.exists():
+        raise FileNotFoundError(f"--ckpt {ckpt} does not exist; a sharded run writes its checkpoints/last.ckpt folder")
     if not folder.is_dir():
         raise ValueError(f"--ckpt {ckpt} is not a sharded checkpoint folder (a single-file checkpoint needs no consolidation)")
     target = Path(out) if out else folder.with_name(folder.name + ".consolidated")

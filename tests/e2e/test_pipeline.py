@@ -4,36 +4,32 @@ shards, four stages, the evaluation table, an mp4 with its audio track, TensorBo
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
 from pathlib import Path
 
 import av
 import pytest
+from helpers import REPO, readme_commands
 
 from lightning_mf.data.media import decode_mp4, decode_wav
 from lightning_mf.tools.pipeline import STAGES
 
-REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--num-clips", "40", "--steps", "[3, 3, 3, 2]", "--eval-clips", "2", "--duration", "3"]
 
 
-def readme_commands() -> list[list[str]]:
-    """The commands of README.md's "Two commands on a fresh machine" block, without their comments."""
-    text = (REPO / "README.md").read_text()
-    block = re.search(r"## Two commands on a fresh machine.*?```bash\n(.*?)```", text, flags=re.S)
-    assert block, "README.md lost its set-up block"
-    return [shlex.split(line.split("#")[0]) for line in block.group(1).splitlines() if line.split("#")[0].strip()]
+def setup_commands() -> list[list[str]]:
+    """The commands of README.md's "Two commands on a fresh machine" block."""
+    return readme_commands("Two commands on a fresh machine")
 
 
 def test_readme_names_the_two_scripts() -> None:
-    assert readme_commands() == [["bash", "scripts/demo.sh"], ["bash", "scripts/test.sh"]]
+    assert setup_commands() == [["bash", "scripts/demo.sh"], ["bash", "scripts/test.sh"]]
     assert (REPO / ".ci" / "run").read_text().count("scripts/test.sh") >= 1
 
 
 @pytest.mark.slow
 def test_readme_main_command_runs_the_pipeline_and_reruns_from_its_results(tmp_path: Path) -> None:
-    demo = readme_commands()[0]
+    demo = setup_commands()[0]
     args = demo + ["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), *SMALL]
     first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

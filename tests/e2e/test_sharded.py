@@ -70,6 +70,12 @@ def test_sharded_checkpoint_resumes_the_run(tiny_shards: Path, tmp_path: Path) -
         model.read_net(str(folder), "model.init_args.init_ckpt", model.seq.modalities)
     single_file = Path(run(["consolidate", "--ckpt", str(folder)]))
     assert single_file == folder.with_name("last.ckpt.consolidated")
+    with pytest.raises(FileExistsError, match="exists; remove it or choose another --out"):
+        run(["consolidate", "--ckpt", str(folder)])  # never overwrites
+    with pytest.raises(ValueError, match="is not a sharded checkpoint folder"):
+        run(["consolidate", "--ckpt", str(single_file)])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run(["consolidate", "--ckpt", str(folder.with_name("missing.ckpt"))])
     consolidated = torch.load(single_file, weights_only=False)
     assert consolidated["global_step"] == 4 and len(consolidated["optimizer_states"]) == 2
     _assert_close(consolidated["state_dict"], straight, atol=0.0)

@@ -6,7 +6,7 @@ import torch
 from helpers import delay_audio
 
 from lightning_mf.data.synthetic import PRESETS, synthesize_clip
-from lightning_mf.metrics.lipsync import LipSync, offset_distances
+from lightning_mf.metrics.lipsync import LipSync, clip_scores, offset_distances
 from lightning_mf.metrics.oracle import audio_energy
 from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
 
@@ -58,6 +58,21 @@ def test_lipsync_accumulates_over_batches_like_one_batch() -> None:
     parts.update_embeddings(v[1:], a[1:])
     for key, value in whole.compute().items():
         assert torch.allclose(value.float(), parts.compute()[key].float(), atol=1e-6), key
+
+
+def test_per_clip_scores_find_each_clips_own_shift_and_average_to_the_metric() -> None:
+    """What SyncNetTraining.predict writes per window: each clip's offset, whatever the others' are."""
+    mouth, audio = _clips(range(3))
+    shifted = torch.stack([delay_audio(audio[i : i + 1], s * SPF)[0] for i, s in enumerate((0, 3, -2))])
+    v, a = _window_embedding(mouth), _window_embedding(audio_energy(shifted, SPF))
+    scores = clip_scores(offset_distances(v.double(), a.double(), 5))
+    assert scores["av_offset"].tolist() == [0, 3, -2]
+    assert (scores["lse_c"] > 0).all()
+    metric = LipSync(max_offset=5)
+    metric.update_embeddings(v, a)
+    overall = metric.compute()
+    for key in ("lse_d", "lse_c"):
+        assert torch.allclose(scores[key].mean().float(), overall[key], atol=1e-6), key
 
 
 def test_offset_distances_checks_its_input() -> None:
