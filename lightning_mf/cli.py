@@ -116,8 +116,9 @@ def run(args: list[str]) -> object:
     if args[0] in TOOLS:
         return auto_cli(TOOLS, args=_dashes_to_underscores(args), prog="lightning-mf")
     if args[0] in TRAINER_VERBS:
+        from_console = args == sys.argv[1:]  # let LightningCLI read sys.argv itself (else it warns about both)
         return MFLightningCLI(
-            L.LightningModule, AVDataModule, subclass_mode_model=True, args=args, save_config_callback=RunConfig,
+            L.LightningModule, AVDataModule, subclass_mode_model=True, args=None if from_console else args, save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "lightning-mf"},
         )
     print(_usage(), file=sys.stderr)

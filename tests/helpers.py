@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import torch
@@ -18,16 +19,20 @@ TINY_CLIPS = 12
 REPO = Path(__file__).resolve().parents[1]
 
 
-def readme_commands(section: str = "") -> list[list[str]]:
-    """The commands of README.md's bash blocks (of the ``## section`` heading, if given), as argument lists without
-    comments, continuation lines joined: tests run what the README says instead of a copy of it."""
+def readme_blocks(language: str, section: str = "") -> list[str]:
+    """The code blocks of README.md in ``language`` (of the ``## section`` heading, if given), dedented: tests run
+    what the README says instead of a copy of it."""
     text = (REPO / "README.md").read_text()
     if section:
         start = text.index(f"## {section}\n")
         end = text.find("\n## ", start + 1)
         text = text[start : end if end > 0 else None]
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [textwrap.dedent(body) for _, body in re.findall(rf"^( *)```{language}\n(.*?)^\1```", text, flags=re.S | re.M)]
+
+
+def readme_commands(section: str = "") -> list[list[str]]:
+    """The commands of README.md's bash blocks, as argument lists without comments, continuation lines joined."""
+    lines = [line for block in readme_blocks("bash", section) for line in block.replace("\\\n", " ").splitlines()]
     return [words for words in (shlex.split(line, comments=True) for line in lines) if words]
 
 

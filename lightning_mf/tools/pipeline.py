@@ -95,7 +95,7 @@ def _shards(preset: str, data: Path, num_clips: int) -> None:
     try:
         index = read_index(data)
         have = sum(split["clips"] for split in index["splits"].values())
-        if have == num_clips and index.get("origin") == f"synthetic preset={preset} seed=0":
+        if have == num_clips and index.get("origin") == shards.synthetic_origin(preset, 0):
             print(f"reusing {data} ({have} clips)")
             return
     except (FileNotFoundError, KeyError, ValueError):

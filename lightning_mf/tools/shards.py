@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lightning_mf.data.shards import ShardSummary, folder_sources, read_index, synthetic_sources, write_shards
 
-__all__ = ["folder", "inspect", "synthetic"]
+__all__ = ["folder", "inspect", "synthetic", "synthetic_origin"]
 
 
 def synthetic(
@@ -37,9 +37,14 @@ def synthetic(
     spec = PRESETS[preset].spec
     summary = ShardSummary(
         fps=spec.fps, sample_rate=spec.sample_rate, height=spec.height, width=spec.width,
-        clip_seconds=PRESETS[preset].clip_seconds, origin=f"synthetic preset={preset} seed={seed}",
+        clip_seconds=PRESETS[preset].clip_seconds, origin=synthetic_origin(preset, seed),
     )
     return _run(sources, out, summary, val_fraction, max_clips_per_shard, overwrite)
+
+
+def synthetic_origin(preset: str, seed: int) -> str:
+    """The ``origin`` that ``synthetic`` records in index.json (how the pipeline recognises shards it can reuse)."""
+    return f"synthetic preset={preset} seed={seed}"
 
 
 def folder(

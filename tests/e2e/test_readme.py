@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from helpers import REPO, execute_notebook, readme_commands
+from helpers import REPO, execute_notebook, readme_blocks, readme_commands
 from PIL import Image
 
 from lightning_mf.analysis import ABLATIONS
@@ -46,6 +46,20 @@ NOT_RUN = {  # run elsewhere in the suite; here their arguments are only parsed 
 def lightning_mf_commands() -> list[list[str]]:
     """The arguments of every ``lightning-mf ...`` command in README.md's bash blocks."""
     return [words[1:] for words in readme_commands() if words[0] == "lightning-mf"]
+
+
+@pytest.mark.parametrize("snippet", readme_blocks("yaml"), ids=lambda text: text.split(":")[0] + "...")
+def test_readme_yaml_snippets_are_config_overlays_the_cli_accepts(snippet: str, tmp_path: Path) -> None:
+    """Each YAML example, laid over a stage config, parses and lands in the resolved config as written."""
+    (tmp_path / "snippet.yaml").write_text(snippet)
+    config = REPO / "configs" / "tiny" / "mutual_forcing.yaml"
+    _, printed = _run(["fit", "--config", str(config), "--config", str(tmp_path / "snippet.yaml"), "--print_config"])
+    resolved, wanted = yaml.safe_load(printed), yaml.safe_load(snippet)
+    if "model" in wanted:
+        assert resolved["model"]["init_args"]["codec"] | wanted["model"]["init_args"]["codec"] == resolved["model"]["init_args"]["codec"]
+    if "trainer" in wanted:
+        assert [c["class_path"] for c in resolved["trainer"]["callbacks"]] == [c["class_path"] for c in wanted["trainer"]["callbacks"]]
+        assert resolved["trainer"]["callbacks"][0]["init_args"]["every_n_steps"] == wanted["trainer"]["callbacks"][0]["init_args"]["every_n_steps"]
 
 
 def _stage(args: list[str]) -> str:
