@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ from lightning_mf.tools.pipeline import pipeline
 __all__ = ["main", "run", "MFLightningCLI", "RunConfig"]
 
 TRAINER_VERBS = ("fit", "validate", "test", "predict")
+# False alarms on every trainer command on this stack: Lightning's own use of a torch pytree API that torch 2.14
+# deprecates, and the IterableDataset-with-__len__ notice (ClipStream's length counts every worker's share exactly).
+QUIET_WARNINGS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"Your `IterableDataset` has `__len__` defined")
 
 
 TOOLS: dict[str, Callable[..., object] | dict[str, Callable[..., object]]] = {
@@ -53,6 +57,11 @@ class MFLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.spec", "model.init_args.spec")  # the time axis is written once, under data
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        """Parse ``args`` as given. The router always passes them (from the console, the pipeline or a test), so
+        LightningCLI's warning about ``sys.argv`` holding arguments too would fire on every command."""
+        self.config = parser.parse_args(args)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, saving single-file checkpoints atomically unless a config chose its own CheckpointIO."""
@@ -116,9 +125,10 @@ def run(args: list[str]) -> object:
     if args[0] in TOOLS:
         return auto_cli(TOOLS, args=_dashes_to_underscores(args), prog="lightning-mf")
     if args[0] in TRAINER_VERBS:
-        from_console = args == sys.argv[1:]  # let LightningCLI read sys.argv itself (else it warns about both)
+        for pattern in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
         return MFLightningCLI(
-            L.LightningModule, AVDataModule, subclass_mode_model=True, args=None if from_console else args, save_config_callback=RunConfig,
+            L.LightningModule, AVDataModule, subclass_mode_model=True, args=args, save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "lightning-mf"},
         )
     print(_usage(), file=sys.stderr)
