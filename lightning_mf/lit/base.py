@@ -200,7 +200,13 @@ class FlowModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the class (so tools can rebuild any stage from the file alone), the run's seed and fault count."""
         checkpoint["lightning_mf_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["lightning_mf_state"] = {"run_seed": self.run_seed, "nonfinite_steps": self.nonfinite_steps}
+        checkpoint["lightning_mf_state"] = {
+            "run_seed": self.run_seed, "nonfinite_steps": self.nonfinite_steps, "batch_layout": self.batch_layout(),
+        }
+
+    def batch_layout(self) -> list[int] | None:
+        """``[ranks, micro-batches per step]``: how the global batch is split (None outside a Trainer)."""
+        return [self.trainer.world_size, self.accumulation()] if self._trainer is not None else None
 
     def check_shapes(self, hparams: dict[str, Any], source: str) -> None:
         """Raise if the hyper-parameters of a checkpoint (from ``source``) give networks of another shape."""
@@ -223,6 +229,14 @@ class FlowModule(L.LightningModule):
         self.check_shapes(checkpoint.get("hyper_parameters", {}), "the checkpoint")
         state = checkpoint.get("lightning_mf_state", {})
         self.run_seed, self.nonfinite_steps = state.get("run_seed"), state.get("nonfinite_steps", 0)
+        theirs, mine = state.get("batch_layout"), self.batch_layout()
+        if theirs and mine and list(theirs) != mine and self.trainer.state.fn == "fit":
+            rank_zero_warn(
+                f"resuming a run written by {theirs[0]} rank(s) x {theirs[1]} micro-batch(es) per step with "
+                f"{mine[0]} x {mine[1]}: the weights, optimizers, step and seeds are restored, but the data position "
+                "counts the old layout's batches, so the data order differs from an uninterrupted run (exact resume "
+                "needs the same layout)"
+            )
 
     # --------------------------------------------------------------------------------------- randomness
 

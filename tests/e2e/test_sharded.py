@@ -24,6 +24,7 @@ def _run(tiny_shards: Path, out: Path, stage: str, mode: str, steps: int, ckpt: 
     args = [sys.executable, str(SCRIPT), str(tiny_shards), str(out), stage, mode, str(steps)] + ([str(ckpt)] if ckpt else [])
     result = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=out.parent)
     assert result.returncode == 0, result.stderr[-4000:]
+    (out / "output.txt").write_text(result.stdout + result.stderr)
     return torch.load(out / "weights.pt")
 
 
@@ -81,6 +82,31 @@ def test_sharded_checkpoint_resumes_the_run(tiny_shards: Path, tmp_path: Path) -
     _assert_close(consolidated["state_dict"], straight, atol=0.0)
     weights = model.read_net(str(single_file), "model.init_args.init_ckpt", model.seq.modalities)
     assert torch.equal(weights["towers.video.embed.weight"], straight["ema.towers.video.embed.weight"])
+
+
+@pytest.mark.slow
+def test_a_consolidated_cluster_checkpoint_resumes_in_one_process(tiny_shards: Path, tmp_path: Path) -> None:
+    """A 2-rank run's step-2 checkpoint, consolidated, resumes in one process with 2 micro-batches per step: its
+    optimizer states (saved by parameter name) land on the right parameters, equal to those of a 1-process run at
+    step 2, and the run warns that its data position counts the old layout's batches."""
+    _run(tiny_shards, tmp_path / "sharded", "mutual_forcing", "sharded", 2)
+    single_file = Path(run(["consolidate", "--ckpt", str(tmp_path / "sharded" / "ckpt" / "epoch=0-step=2.ckpt")]))
+    _run(tiny_shards, tmp_path / "single", "mutual_forcing", "single", 2)
+    theirs = torch.load(single_file, weights_only=False)
+    ours = torch.load(tmp_path / "single" / "ckpt" / "epoch=0-step=2.ckpt", weights_only=False)
+    assert (theirs["lightning_mf_state"]["batch_layout"], ours["lightning_mf_state"]["batch_layout"]) == ([2, 1], [1, 2])
+    for by_name, by_index in zip(theirs["optimizer_states"], ours["optimizer_states"], strict=True):  # main, fake score
+        names = [n for group in by_name["param_groups"] for n in group["params"]]
+        indices = [i for group in by_index["param_groups"] for i in group["params"]]
+        assert len(names) == len(indices) and isinstance(names[0], str)
+        for name, index in zip(names, indices):
+            for moment in ("exp_avg", "exp_avg_sq"):
+                assert torch.allclose(by_name["state"][name][moment], by_index["state"][index][moment], atol=1e-6), name
+
+    _run(tiny_shards, tmp_path / "single", "mutual_forcing", "single", 4, single_file)
+    output = (tmp_path / "single" / "output.txt").read_text()
+    assert "rank 0 finished at step 4" in output
+    assert "written by 2 rank(s) x 1 micro-batch(es) per step with 1 x 2" in " ".join(output.split())
 
 
 @pytest.mark.slow
