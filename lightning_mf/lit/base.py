@@ -26,7 +26,7 @@ from lightning_mf.sampling.streaming import stream
 from lightning_mf.sequence import AVSequencer
 from lightning_mf.spec import AVSpec
 
-__all__ = ["CodecConfig", "FlowModule", "SamplerConfig", "paper_adamw"]
+__all__ = ["CodecConfig", "FlowModule", "SamplerConfig", "paper_adamw", "predictions_dir"]
 
 
 @dataclass(frozen=True)
