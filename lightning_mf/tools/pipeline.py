@@ -142,8 +142,7 @@ def _conditions(preset: str, data: Path, out: Path) -> tuple[Path, Path]:
 
 
 def _summary(rows: dict[str, dict[str, float]], root: Path, timing: dict[str, float]) -> None:
-    modes = [name for name in rows if name != "reference"]
-    names = ["reference", *modes] if "reference" in rows else modes
+    names = list(rows)  # the real held-out reference first, then the modes (evaluate's order)
     print("metric".ljust(20) + "".join(name.rjust(14) for name in names))
     for metric in SUMMARY:
         if any(metric in rows[name] for name in names):
