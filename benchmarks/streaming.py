@@ -47,7 +47,7 @@ def main() -> None:
     seq = AVSequencer(spec, ("video", "audio"), patch=4, tubelet=2)  # the codec of configs/tiny
     torch.manual_seed(0)
     config = TowerConfig(dim=128, depth=4, heads=4)
-    net = AVTransformer({m: Tower(seq.token_dim(m), config) for m in seq.modalities}).eval()
+    net = AVTransformer({m: Tower(seq.token_dim(m), config) for m in seq.modalities}, seq.spec.chunk_seconds).eval()
     latencies(net, seq, 3, args.window, args.steps)  # warm-up
     rows = []
     for window in (args.window, None):

@@ -4,6 +4,14 @@ Chunk 0 is the first-frame prefix (video only, clean, time 0); chunks 1..L are t
 covering seconds ``[(k - 1) * chunk_seconds, k * chunk_seconds)`` for both modalities (METHOD §2). Every
 consumer (teacher-forcing training, streaming, prediction) builds its :class:`~lightning_mf.models.Tokens`
 through :class:`AVSequencer`, so positions and layouts are defined once.
+
+One time axis: every token is stamped at the centre of the span of time it covers, the way the data is made
+(frame ``t`` shows the interval ``[t / fps, (t + 1) / fps)``: its mouth opening is the audio envelope over that
+interval). So a video tubelet of frames ``t .. t + tubelet - 1`` sits at ``(t + tubelet / 2) / fps``, mel frame
+``i`` at ``(i + 0.5) * mel_hop / sample_rate`` (the hop of samples it stands for; its analysis window is centred
+half a hop earlier, 8 ms at the tiny preset, well inside the window's own 64 ms), a transcript token at the
+midpoint of its ``[start, end)``, and the first-frame prefix at the centre of frame 0, ``0.5 / fps``. Tokens of the
+same instant therefore get the same time in every modality, and RoPE sees true time differences between them.
 """
 
 from __future__ import annotations
@@ -90,7 +98,8 @@ class AVSequencer(nn.Module):
         codec = self.codecs["video"]
         frames = first_frame[:, None].expand(-1, codec.tubelet, -1, -1, -1)  # (B, tubelet, 3, H, W)
         x = codec.encode(frames)  # (B, P, C)
-        pos = codec.positions(codec.tubelet, device=x.device)  # (P, 3), time 0
+        pos = codec.positions(codec.tubelet, device=x.device).clone()  # (P, 3)
+        pos[:, 0] = 0.5 / self.spec.fps  # the centre of frame 0, the only frame it shows
         n = x.shape[1]
         layout = Layout(torch.zeros(n, dtype=torch.long, device=x.device), torch.ones(n, dtype=torch.bool, device=x.device))
         return {"video": Tokens(x, x.new_zeros(x.shape[:2]), pos, layout)}

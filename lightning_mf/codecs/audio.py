@@ -181,13 +181,14 @@ class MelCodec(nn.Module):
         return wave.to(tokens.dtype)
 
     def positions(self, num_frames: int, device: torch.device | str | None = None) -> Tensor:
-        """Rotary positions (N, 1) float32: time in seconds of each mel frame's centre, ``i * mel_hop / sr``."""
+        """Rotary positions (N, 1) float32: time in seconds of the centre of the hop each mel frame stands for,
+        ``(i + 0.5) * mel_hop / sr`` (frame ``i`` covers samples ``[i, i + 1) * mel_hop``; see ``sequence.py``)."""
         if num_frames <= 0:
             raise ValueError(f"MelCodec.positions: num_frames must be positive, got {num_frames}")
         if device is None:
             device = self.griffin_lim.window.device
         n = num_frames * self.tokens_per_frame
-        time = torch.arange(n, device=device, dtype=torch.float64) * self.spec.mel_hop / self.spec.sample_rate
+        time = (torch.arange(n, device=device, dtype=torch.float64) + 0.5) * self.spec.mel_hop / self.spec.sample_rate
         return time.to(torch.float32).unsqueeze(1)  # (N, 1)
 
     def _compute_dtype(self, x: Tensor) -> torch.dtype:

@@ -8,7 +8,8 @@ replaces :class:`~lightning_mf.codecs.PatchCodec` or :class:`~lightning_mf.codec
 - ``token_dim`` (features per token) and ``tokens_per_chunk`` (tokens of ``spec.frames_per_chunk`` frames).
 - ``encode``: video (B, T, 3, H, W) uint8 -> (B, N, token_dim), or audio (B, S) float -> (B, N, token_dim).
 - ``decode``: tokens -> video float in [-1, 1] (B, T, 3, H, W), or audio float (B, S).
-- ``positions(num_frames, device)``: rotary positions (N, 3) (time in seconds, row, column) or (N, 1) (time).
+- ``positions(num_frames, device)``: rotary positions (N, 3) (time in seconds, row, column) or (N, 1) (time); the
+  time of a token is the centre of the span of time it covers (see ``lightning_mf/sequence.py``).
 - video only: ``tubelet``, the frames one token step spans (the first-frame prefix repeats the frame that often).
 """
 

@@ -124,12 +124,12 @@ class PatchCodec(nn.Module):
     def positions(self, num_frames: int, device: torch.device | str | None = None) -> Tensor:
         """Rotary positions (N, 3) float32 of a clip of ``num_frames`` frames, in token order.
 
-        Columns: time in seconds of the token's first frame (frame ``t`` is at ``t / fps``, the centre of
-        its first mel frame, so both modalities share one time axis), patch row, patch column.
+        Columns: time in seconds of the centre of the span the token covers (frame ``t`` covers
+        ``[t / fps, (t + 1) / fps)``, a tubelet its frames' union; see ``sequence.py``), patch row, patch column.
         """
         self._check_frames(num_frames)
         steps = num_frames // self.tubelet
-        time = torch.arange(steps, device=device, dtype=torch.float64) * self.tubelet / self.spec.fps
+        time = (torch.arange(steps, device=device, dtype=torch.float64) + 0.5) * self.tubelet / self.spec.fps
         row = torch.arange(self.rows, device=device, dtype=torch.float64)
         col = torch.arange(self.cols, device=device, dtype=torch.float64)
         grid = torch.stack(torch.meshgrid(time, row, col, indexing="ij"), dim=-1)  # (S, R, Q, 3)

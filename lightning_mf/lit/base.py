@@ -125,7 +125,9 @@ class FlowModule(L.LightningModule):
         scheduler: learning-rate scheduler factory of that optimizer, stepped every optimizer step (e.g.
             ``torch.optim.lr_scheduler.LinearLR`` as a warm-up); None = constant.
         grad_clip: gradient norm clip (None = off).
-        ema_decay: decay of the weight EMA kept as a submodule (saved with checkpoints; None = off).
+        ema_decay: decay of the weight EMA kept as a submodule (saved with checkpoints; None = off). It is reached
+            after a warm-up: update ``n`` (from 0) uses ``min(ema_decay, (1 + n) / (10 + n))``, so the EMA forgets
+            the weights it was copied from (a random init in stage 1) within tens of steps.
         cfg_dropout: probability of dropping the transcript of a training window (enables CFG).
         predict_dir: where ``predict`` writes mp4/wav files (default: ``<trainer log dir>/predictions``).
         max_nonfinite_steps: optimizer steps whose gradients are NaN/Inf are skipped (no update, no EMA) and
@@ -167,11 +169,12 @@ class FlowModule(L.LightningModule):
                 "carry the token's noise through the tower, so such a model cannot learn to denoise; use a smaller "
                 "codec.patch / codec.tubelet or a wider tower"
             )
-        self.net = AVTransformer({m: Tower(self.seq.token_dim(m), tower) for m in self.seq.modalities})
+        self.net = AVTransformer({m: Tower(self.seq.token_dim(m), tower) for m in self.seq.modalities}, spec.chunk_seconds)
         self.net.activation_checkpointing = activation_checkpointing
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay is not None else None
         self.run_seed: int | None = None  # fixed at the first fit start; kept in checkpoints
         self.nonfinite_steps = 0
+        self.ema_updates = 0  # EMA updates so far (the warm-up's step count); kept in checkpoints
         self._skipped_step = False
 
     def networks(self) -> list[nn.Module]:
@@ -202,6 +205,7 @@ class FlowModule(L.LightningModule):
         checkpoint["lightning_mf_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["lightning_mf_state"] = {
             "run_seed": self.run_seed, "nonfinite_steps": self.nonfinite_steps, "batch_layout": self.batch_layout(),
+            "ema_updates": self.ema_updates,
         }
 
     def batch_layout(self) -> list[int] | None:
@@ -229,6 +233,7 @@ class FlowModule(L.LightningModule):
         self.check_shapes(checkpoint.get("hyper_parameters", {}), "the checkpoint")
         state = checkpoint.get("lightning_mf_state", {})
         self.run_seed, self.nonfinite_steps = state.get("run_seed"), state.get("nonfinite_steps", 0)
+        self.ema_updates = state.get("ema_updates", checkpoint.get("global_step", 0))  # older files: one per step
         theirs, mine = state.get("batch_layout"), self.batch_layout()
         if theirs and mine and list(theirs) != mine and self.trainer.state.fn == "fit":
             rank_zero_warn(
@@ -327,10 +332,17 @@ class FlowModule(L.LightningModule):
         if not self._skipped_step:
             self.update_ema()
 
+    def ema_decay_now(self) -> float:
+        """The decay of the next EMA update: ``ema_decay`` after a warm-up of ``(1 + n) / (10 + n)``."""
+        n = self.ema_updates
+        return min(self.ema_decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
     def update_ema(self) -> None:
         if self.ema is not None:
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1.0 - self.ema_decay)
+            weight = 1.0 - self.ema_decay_now()
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), weight)
+            self.ema_updates += 1
 
     # --------------------------------------------------------------------------------------- conditioning
 

@@ -43,6 +43,8 @@ from lightning_mf.sampling.streaming import stream
 
 __all__ = ["MutualForcing"]
 
+FakeBatch = tuple[int, AV, dict[str, Tokens], Cond, AV, AV | None]  # group, sample, prefix, cond, history, levels
+
 
 class MutualForcing(TeacherForcing):
     """Mutual Forcing fine-tuning of a joint (or single-tower) model (manual optimisation, two optimizers).
@@ -131,7 +133,7 @@ class MutualForcing(TeacherForcing):
         self.rollout_steps, self.dmd_steps, self.few_shift = tuple(rollout_steps), tuple(dmd_steps), few_shift
         self.distill_cfg, self.real_score, self.fake_optimizer, self.fake_updates = distill_cfg, real_score, fake_optimizer, fake_updates
         self.accumulate, self._accumulating = accumulate, False
-        self._fake_batches: list[tuple[int, AV, dict[str, Tokens], Cond, AV]] = []  # this step's fake-score data
+        self._fake_batches: list[FakeBatch] = []  # this step's fake-score data
         self.weights = {"fm": fm_weight, "sc": sd_weight * sc_weight, "dmd": sd_weight * dmd_weight}
         self.dmd_levels, self.window, self.ctx_s, self.control_seed = dmd_levels, window, ctx_s, control_seed
         self.register_buffer("pairs", shortcut_pairs(tuple(shortcut_steps), few_shift, min_step).float(), persistent=False)
@@ -143,13 +145,17 @@ class MutualForcing(TeacherForcing):
         self.save_hyperparameters(ignore=RUNTIME_OPTIONS)
 
     def setup(self, stage: str) -> None:
-        """Start every network from ``init_ckpt`` on a fresh fit (a resumed fit restores them all)."""
+        """Start every network from ``init_ckpt`` on a fresh fit (a resumed fit restores them all), with the step-size
+        path made inert again (:meth:`~lightning_mf.models.Tower.reset_step_size`: stages 1-2 train it as a constant
+        at ``d = 0``), so Few mode starts as an Euler jump of Multi mode and Multi mode is the checkpoint's."""
         resuming = self._trainer is not None and self._trainer.ckpt_path is not None
         if stage == "fit" and self.init_ckpt is not None and not resuming:
-            weights = self.read_net(self.init_ckpt, "model.init_args.init_ckpt", self.seq.modalities)
-            for net in (self.net, self.ema, self.fake, self.teacher):
+            self.net.load_state_dict(self.read_net(self.init_ckpt, "model.init_args.init_ckpt", self.seq.modalities))
+            for tower in self.net.towers.values():
+                tower.reset_step_size()
+            for net in (self.ema, self.fake, self.teacher):
                 if isinstance(net, AVTransformer):  # a LowRankDelta fake score follows self.net by itself
-                    net.load_state_dict(weights)
+                    net.load_state_dict(self.net.state_dict())
 
     def networks(self) -> list[nn.Module]:
         if isinstance(self.fake, LowRankDelta):
@@ -175,16 +181,16 @@ class MutualForcing(TeacherForcing):
         ctl = self.control()
         x0, count = self._crop(self.seq.encode(batch), self.seq.num_chunks(batch), ctl)
         prefix, cond = self.prefix(batch), self.condition(batch)
-        history = self.rollout(x0, count, prefix, cond, ctl)  # {m: (B, (L-1) n, C)}, no grad
+        history, levels = self.rollout(x0, count, prefix, cond, ctl)  # {m: (B, (L-1) n, C)}, no grad
         losses: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {}
         if self.weights["fm"] > 0:
             fm = teacher_forcing_flow_matching(
-                self.net, self.seq, x0, prefix, self.condition(batch, self.cfg_dropout), self.noise, history, self.window
+                self.net, self.seq, x0, prefix, self.condition(batch, self.cfg_dropout), self.noise, history, self.window, levels
             )
             losses["fm"] = fm.loss({"audio": self.audio_weight})
             logs |= {f"train/fm_{m}": e.mean() for m, e in fm.errors.items()}
-        few = TeacherForced(self.net, self.seq, history, prefix, cond, window=self.window)
+        few = TeacherForced(self.net, self.seq, history, prefix, cond, levels, self.window)
         if self.weights["sc"] > 0:
             losses["sc"] = self._weighted(self.shortcut(few, x0, ctl))
         sample = None
@@ -200,7 +206,7 @@ class MutualForcing(TeacherForcing):
             optimizer.zero_grad()
         self.manual_backward(loss / self.accumulate)
         if sample is not None:
-            self._fake_batches.append((self.micro_group(batch_idx), sample, prefix, cond, history))
+            self._fake_batches.append((self.micro_group(batch_idx), sample, prefix, cond, history, levels))
         self._accumulating = micro < self.accumulate - 1
         if not self._accumulating:
             self.configure_gradient_clipping(optimizer)
@@ -233,12 +239,13 @@ class MutualForcing(TeacherForcing):
     # ------------------------------------------------------------------------------------------- history
 
     @torch.no_grad()
-    def rollout(self, x0: AV, count: int, prefix: dict[str, Tokens], cond: Cond, ctl: torch.Generator) -> AV:
-        """History chunks 1..L-1: real (teacher forcing), or streamed in Few mode exactly as at inference."""
+    def rollout(self, x0: AV, count: int, prefix: dict[str, Tokens], cond: Cond, ctl: torch.Generator) -> tuple[AV, AV | None]:
+        """History chunks 1..L-1: real (teacher forcing), or streamed in Few mode exactly as at inference; returned
+        as the streaming cache saw them (noised to ``ctx_s``) with their levels (None: clean)."""
         made = count - 1
         real = {m: x[:, : made * self.seq.tokens_per_chunk(m)] for m, x in x0.items()}
         if self.history_source == "real" or made == 0:
-            return real
+            return real, None
         jumps = grid(self._choose(self.rollout_steps, ctl), self.few_shift, few=True)
         if self.history_source == "rollout":
             sample = partial(integrate, grid=jumps)
@@ -253,11 +260,15 @@ class MutualForcing(TeacherForcing):
                 return integrate(velocity, x, tail)
 
         batch = next(iter(x0.values())).shape[0]
-        pieces = list(stream(
+        written: list[AV] = []
+        for _ in stream(
             self.net, self.seq, sample, num_chunks=made, batch=batch, prefix=prefix, cond=cond,
-            window=self.window, ctx_s=self.ctx_s, device=self.device,
-        ))  # fmt: skip
-        return {m: torch.cat([p[m] for p in pieces], dim=1) for m in self.seq.modalities}
+            window=self.window, ctx_s=self.ctx_s, device=self.device, on_write=written.append,
+        ):  # fmt: skip
+            pass
+        history = {m: torch.cat([p[m] for p in written], dim=1) for m in self.seq.modalities}
+        levels = {m: torch.full(h.shape[:2], self.ctx_s, device=h.device) for m, h in history.items()} if self.ctx_s > 0 else None
+        return history, levels
 
     def _chunk(self, x: AV, modality: str, k: int) -> Tensor:
         n = self.seq.tokens_per_chunk(modality)
@@ -303,18 +314,18 @@ class MutualForcing(TeacherForcing):
             fake_x0 = {m: x0_from_velocity(xt[m], t.view(-1, 1, 1), fake[m]) for m in xt}
         return dmd_loss(sample, real_x0, fake_x0), {m: v.detach() for m, v in sample.items()}
 
-    def train_fake(self, optimizer: torch.optim.Optimizer, batches: list[tuple[int, AV, dict[str, Tokens], Cond, AV]]) -> Tensor:
+    def train_fake(self, optimizer: torch.optim.Optimizer, batches: list[FakeBatch]) -> Tensor:
         """Flow matching of the fake score on the detached Few samples (same history): it tracks Few mode's
-        distribution. Each micro-batch ``(group, sample, prefix, cond, history)`` draws its noise from its own
+        distribution. Each micro-batch ``(group, sample, prefix, cond, history, levels)`` draws its noise from its own
         seed, so the result does not depend on how the global batch was split into ranks and micro-batches. The
         optimizer steps outside Lightning's step count, so ``global_step`` counts training steps (fp16 loss
         scaling is therefore not supported; bf16 and fp32 are)."""
         for update in range(self.fake_updates):
             optimizer.zero_grad()
             total = torch.zeros((), device=self.device)
-            for group, sample, prefix, cond, history in batches:
+            for group, sample, prefix, cond, history, levels in batches:
                 torch.manual_seed(self.step_seed(group, stream=1 + update))
-                fm = teacher_forcing_flow_matching(self.fake, self.seq, sample, prefix, cond, self.noise, history, self.window)
+                fm = teacher_forcing_flow_matching(self.fake, self.seq, sample, prefix, cond, self.noise, history, self.window, levels)
                 loss = fm.loss({"audio": self.audio_weight}) / len(batches)
                 self.manual_backward(loss)
                 total += loss.detach()

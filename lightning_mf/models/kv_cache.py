@@ -13,7 +13,9 @@ __all__ = ["KVCache"]
 class KVCache:
     """What streaming generation remembers (METHOD §3 "KV cache").
 
-    Keys are stored after rotary embedding (positions are absolute times, and RoPE depends only on differences).
+    Keys are stored after rotary embedding (positions are absolute times, and RoPE depends only on differences);
+    the transformer re-indexes the sink when it reads them, by rotating a copy of its keys forward in time so that it
+    stays just behind the window (``models/masks.py``).
     With ``window`` W, after each write only the first-frame sink (chunk 0) and the W newest chunks are kept, so
     memory and per-chunk cost stay flat however long the stream runs; the kept entries are compacted (re-indexed)
     into contiguous storage.

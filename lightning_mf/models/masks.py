@@ -10,6 +10,12 @@ token clean gives the plain block-causal mask of a full forward; the teacher-for
 ``[clean 1..L ; noisy 1..L]`` gets "noisy chunk k sees clean chunks < k and itself"; video and audio tokens share
 chunk indices, so the joint masks follow. A window of W chunks adds ``k.chunk >= q.chunk - W or k.chunk == 0``
 (chunk 0 is the first-frame sink).
+
+The sink follows the window (METHOD §3, "re-indexed on roll"): a query of chunk k > W + 1 sees the sink as if it
+sat just before the oldest chunk it still sees, i.e. moved forward in time by :func:`sink_shift` = k - 1 - W
+chunks, so the time distances attention is asked about never exceed those of a training window of W + 1 chunks,
+however long the stream runs. The transformer appends a time-shifted copy of the sink keys per shift in use and
+``attention_mask`` lets each query see only the copy of its own shift.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Layout", "attention_mask"]
+__all__ = ["Layout", "attention_mask", "sink_shift"]
 
 SINK_CHUNK = 0
 
@@ -43,10 +49,23 @@ class Layout:
         return Layout(torch.cat([x.chunk for x in layouts]), torch.cat([x.clean for x in layouts]))
 
 
-def attention_mask(q: Layout, k: Layout, window: int | None = None) -> Tensor:
-    """Boolean mask (Nq, Nk), True where a query may attend to a key (see the module docstring)."""
+def sink_shift(chunk: Tensor, window: int | None) -> Tensor:
+    """Chunks by which queries of chunk indices ``chunk`` see the sink moved forward: ``max(0, k - 1 - W)``."""
+    if window is None:
+        return torch.zeros_like(chunk)
+    return (chunk - 1 - window).clamp(min=0)
+
+
+def attention_mask(q: Layout, k: Layout, window: int | None = None, k_shift: Tensor | None = None) -> Tensor:
+    """Boolean mask (Nq, Nk), True where a query may attend to a key (see the module docstring).
+
+    ``k_shift`` (Nk,): the shift (in chunks) of each sink key copy (0 for every other key); a query sees only the
+    sink copy of its own :func:`sink_shift`. None: no copies (every query's shift is 0).
+    """
     qc, kc = q.chunk[:, None], k.chunk[None, :]
     allowed = (k.clean[None, :] & (kc < qc)) | ((kc == qc) & (k.clean[None, :] == q.clean[:, None]))
     if window is not None:
         allowed &= (kc >= qc - window) | (kc == SINK_CHUNK)
+        k_shift = torch.zeros_like(k.chunk) if k_shift is None else k_shift
+        allowed &= (kc != SINK_CHUNK) | (k_shift[None, :] == sink_shift(q.chunk, window)[:, None])
     return allowed

@@ -1,7 +1,8 @@
 """Rotary position embeddings on a shared (time in seconds, row, column) coordinate system.
 
-Every token of every modality carries ``(t, row, col)``: video patches their frame time and grid cell, mel frames
-their centre time with row = col = 0, transcript tokens their midpoint time. Because RoPE makes attention depend
+Every token of every modality carries ``(t, row, col)``: its time is the centre of the span it covers (video
+patches their tubelet's, mel frames their hop's, transcript tokens their word's; see ``sequence.py``), video
+patches add their grid cell, other tokens row = col = 0. Because RoPE makes attention depend
 on coordinate differences only, audio and video tokens of the same instant line up across modalities
 (METHOD §2, "timestamp-based RoPE"). The head dimension is split between the axes (half to time by default).
 """

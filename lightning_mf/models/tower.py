@@ -92,5 +92,17 @@ class Tower(nn.Module):
         self.rope = Rope(dim // heads, time_max_hz=config.time_max_hz)
 
     def condition(self, s: Tensor, d: Tensor) -> Tensor:
-        """Per-token conditioning vector (B, N, D) from noise levels s (B, N) and step sizes d (B,)."""
-        return self.s_embed(s) + self.d_embed(d)[:, None, :]
+        """Per-token conditioning vector (B, N, D) from noise levels s (B, N) and step sizes d (B, N)."""
+        return self.s_embed(s) + self.d_embed(d)
+
+    @torch.no_grad()
+    def reset_step_size(self) -> None:
+        """Make the step-size path inert again without changing Multi mode: fold the constant ``d_embed(0)`` it
+        learned while every step had ``d = 0`` (stages 1-2) into ``s_embed``'s output bias, then zero its last layer.
+
+        Afterwards a jump of any ``d`` computes exactly the Multi-mode velocity, so Few mode starts stage 3 as an
+        Euler jump of Multi mode (METHOD §1)."""
+        last = self.d_embed.mlp[2]
+        self.s_embed.mlp[2].bias += self.d_embed(torch.zeros(1, device=last.weight.device))[0].to(last.bias.dtype)
+        last.weight.zero_()
+        last.bias.zero_()

@@ -9,6 +9,10 @@ through a gate per block and direction initialised to zero, to the other modalit
 block-causal rule (tokens of chunk k of either modality see both modalities' chunks <= k). Each modality keeps
 its own projections, norms and MLPs (its tower). Because the gates start at exactly 0, a freshly coupled model
 computes exactly what the two stage-1 towers compute.
+
+Context tokens (the layout's clean ones: prefix, history, cached chunks) are always conditioned on step size 0:
+only the tokens being denoised take the Few-mode jump ``d``, so the teacher-forced view that training uses and the
+cache that streaming writes (at ``d = 0``) are the same computation (METHOD §1).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import Tensor, nn
 from lightning_mf.batch import Cond
 from lightning_mf.models.kv_cache import KVCache
 from lightning_mf.models.layers import modulate
-from lightning_mf.models.masks import Layout, attention_mask
+from lightning_mf.models.masks import SINK_CHUNK, Layout, attention_mask, sink_shift
 from lightning_mf.models.tower import Tower
 
 __all__ = ["AVTransformer", "Tokens", "attend"]
@@ -54,10 +58,12 @@ class AVTransformer(nn.Module):
 
     Args:
         towers: ``{"video": Tower(...)}``, ``{"audio": Tower(...)}`` or both (then with equal dim/depth/heads).
+        chunk_seconds: duration of a chunk; needed only by windowed forwards whose queries see a shifted sink.
     """
 
-    def __init__(self, towers: dict[str, Tower]) -> None:
+    def __init__(self, towers: dict[str, Tower], chunk_seconds: float | None = None) -> None:
         super().__init__()
+        self.chunk_seconds = chunk_seconds  # seconds per chunk: how far a shifted sink moves (masks.sink_shift)
         if not towers:
             raise ValueError("AVTransformer needs at least one tower")
         shapes = {name: (t.dim, t.depth, t.heads) for name, t in towers.items()}
@@ -87,7 +93,7 @@ class AVTransformer(nn.Module):
 
         Args:
             tokens: the modalities to run (a subset of the towers).
-            d: step size (B,) or a float; 0 is Multi mode.
+            d: step size (B,) or a float of the noisy (non-clean) tokens; 0 is Multi mode. Clean tokens get 0.
             cond: transcript conditioning; None means unconditional (the null token only).
             cache: keys/values of earlier chunks to attend to (streaming); its window overrides ``window``.
             write: append this forward's keys/values to ``cache`` (then roll its window).
@@ -109,7 +115,8 @@ class AVTransformer(nn.Module):
         for m in names:
             tower, t = self.towers[m], tokens[m]
             h[m] = tower.embed(t.x)  # (B, N, D)
-            c = F.silu(tower.condition(t.s, d))  # (B, N, D)
+            step = torch.where(t.layout.clean.to(d.device), 0.0, d[:, None])  # (B, N): context stays at d = 0
+            c = F.silu(tower.condition(t.s, step))  # (B, N, D)
             ada[m] = tower.adaln(c).unflatten(-1, (6, tower.dim))  # (B, N, 6, D), shared by the blocks
             final[m] = tower.final_adaln(c).chunk(2, dim=-1)
             text[m] = self._text(tower, cond, batch, t.x.device)
@@ -117,11 +124,20 @@ class AVTransformer(nn.Module):
         for o in sources:
             parts = [cache.layout(o) if cache is not None else None, tokens[o].layout if o in tokens else None]
             key_layouts[o] = Layout.cat([part for part in parts if part is not None])
-        masks = {(m, o): attention_mask(tokens[m].layout, key_layouts[o], window) for m in names for o in sources}
+        sinks = self._sink_copies(tokens, key_layouts, window)
+        masks = {}
+        for o in sources:
+            k_layout, k_shift = key_layouts[o], None
+            if o in sinks:
+                index, shift = sinks[o]
+                k_layout = Layout.cat([k_layout, Layout(k_layout.chunk[index], k_layout.clean[index])])
+                k_shift = torch.cat([torch.zeros_like(k_layout.chunk[: len(key_layouts[o])]), shift])
+            for m in names:
+                masks[(m, o)] = attention_mask(tokens[m].layout, k_layout, window, k_shift)
         written: dict[str, tuple[list[Tensor], list[Tensor]]] = {m: ([], []) for m in names}
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and not write
         for i in range(self.depth):
-            args = (i, h, ada, tokens, sources, masks, text, cache)
+            args = (i, h, ada, tokens, sources, masks, text, cache, sinks)
             if recompute:  # keep only each layer's input; recompute the layer in backward
                 h, kv = torch.utils.checkpoint.checkpoint(self._layer, *args, use_reentrant=False)
             else:
@@ -139,6 +155,7 @@ class AVTransformer(nn.Module):
     def _layer(
         self, i: int, h: dict[str, Tensor], ada: dict[str, Tensor], tokens: dict[str, Tokens], sources: list[str],
         masks: dict[tuple[str, str], Tensor], text: dict[str, tuple[Tensor, Tensor, Tensor]], cache: KVCache | None,
+        sinks: dict[str, tuple[Tensor, Tensor]],
     ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
         """Block ``i`` of every tower: fused (gated cross-modal) self-attention, text cross-attention, MLP. Returns
         the new hidden states and this forward's keys/values per modality (for a cache write)."""
@@ -157,6 +174,12 @@ class AVTransformer(nn.Module):
             if cached is not None:
                 keys[o] = torch.cat([cached[0], keys[o]], dim=2) if o in tokens else cached[0]
                 values[o] = torch.cat([cached[1], values[o]], dim=2) if o in tokens else cached[1]
+            if o in sinks:  # append the sink keys moved forward in time (RoPE angles add: rotate the rotated keys)
+                index, shift = sinks[o]
+                moved = torch.zeros(len(index), 3, device=index.device)
+                moved[:, 0] = shift.float() * self.chunk_seconds
+                keys[o] = torch.cat([keys[o], self.towers[o].rope.rotate(keys[o][:, :, index], moved)], dim=2)
+                values[o] = torch.cat([values[o], values[o][:, :, index]], dim=2)
         out_h = {}
         for m in names:
             block = self.towers[m].blocks[i]
@@ -169,6 +192,27 @@ class AVTransformer(nn.Module):
             x = x + self._cross_attend(self.towers[m], block, x, tokens[m].pos, text[m])
             out_h[m] = x + mod[m][:, :, 5] * block.mlp(modulate(block.norm3(x), mod[m][:, :, 3], mod[m][:, :, 4]))
         return out_h, current
+
+    def _sink_copies(
+        self, tokens: dict[str, Tokens], key_layouts: dict[str, Layout], window: int | None
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """For each key source holding sink tokens: the indices (M,) of the sink keys to copy and each copy's shift
+        in chunks (M,), one copy of the sink per non-zero :func:`~lightning_mf.models.masks.sink_shift` among the
+        queries. Empty when no query sees a shifted sink (no window, or every query within W + 1 chunks)."""
+        if window is None:
+            return {}
+        shifts = torch.unique(torch.cat([sink_shift(t.layout.chunk, window) for t in tokens.values()]))
+        shifts = shifts[shifts > 0]
+        if len(shifts) == 0:
+            return {}
+        out = {}
+        for o, layout in key_layouts.items():
+            sink = (layout.chunk == SINK_CHUNK).nonzero().squeeze(1)
+            if len(sink):
+                out[o] = (sink.repeat(len(shifts)), shifts.repeat_interleave(len(sink)))
+        if out and self.chunk_seconds is None:
+            raise ValueError("a windowed forward past chunk window + 1 moves the sink in time: build AVTransformer with chunk_seconds")
+        return out
 
     @staticmethod
     def _text(tower: Tower, cond: Cond | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

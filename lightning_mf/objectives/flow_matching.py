@@ -145,9 +145,12 @@ def teacher_forcing_flow_matching(
     schedule: NoiseSchedule,
     history: dict[str, Tensor] | None = None,
     window: int | None = None,
+    history_levels: dict[str, Tensor] | None = None,
 ) -> FlowMatchingResult:
     """One pass over clean chunk tokens ``x0 = {m: (B, L * tokens_per_chunk, C)}`` at ``d = 0``: every chunk
-    learns its real flow given ``history`` (default: ``x0`` itself, i.e. teacher forcing)."""
+    learns its real flow given ``history`` (default: ``x0`` itself, i.e. teacher forcing). ``history_levels``
+    ``{m: (B, H * n)}``: the history is already noised to these levels (a rollout written at ``ctx_s``) and is used
+    as is; None: it is clean and gets the schedule's ``context_noise``."""
     first = next(iter(x0.values()))
     batch, device = first.shape[0], first.device
     chunks = first.shape[1] // seq.tokens_per_chunk(next(iter(x0)))
@@ -161,7 +164,9 @@ def teacher_forcing_flow_matching(
         eps = torch.randn_like(x)
         noisy[m], levels[m], targets[m] = interpolate(x, eps, s[..., None]), s, velocity_target(x, eps)
         h = history[m]
-        if schedule.context_noise > 0:
+        if history_levels is not None:
+            context[m], context_levels[m] = h, history_levels[m]
+        elif schedule.context_noise > 0:
             c = seq.per_token(m, torch.rand(batch, h.shape[1] // seq.tokens_per_chunk(m), device=device) * schedule.context_noise)
             context[m], context_levels[m] = interpolate(h, torch.randn_like(h), c[..., None]), c
         else:

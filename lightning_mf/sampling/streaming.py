@@ -3,8 +3,12 @@ Mutual Forcing rollout.
 
 For each chunk: draw noise, run the given sampler (Multi mode: many d = 0 steps, optionally with CFG; Few mode:
 a few jumps) with every velocity call attending to the KV cache, emit the chunk, then write it to the cache with one
-more forward at the context noise level ``ctx_s`` and roll the window. The cache holds keys/values computed with
-the condition; the unconditional branch of CFG reuses it (as causal video generators do).
+more forward at the context noise level ``ctx_s`` and roll the window.
+
+With CFG, the unconditional branch attends to its own cache, written without the transcript (one more write per
+chunk): the unconditional model is the one that ``cfg_dropout`` trains, a window whose whole transcript was dropped,
+and the one the training teacher evaluates (``TeacherForced.using(cond=unconditional)`` recomputes the context
+without it), so the Multi mode + CFG evaluated here is the operator Few mode is distilled from.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def stream(
     ctx_s: float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    on_write: Callable[[AV], None] | None = None,
 ) -> Iterator[AV]:
     """Yield ``{m: (B, tokens_per_chunk, C)}`` for chunks 1..num_chunks of every modality of ``seq``.
 
@@ -57,30 +62,38 @@ def stream(
         window: chunks kept in the cache besides the sink (None keeps everything).
         ctx_s: noise level at which generated chunks are written to the cache (0 = clean).
         generator: source of all noise (initial and context), so a seeded generator makes the stream deterministic.
+        on_write: called with each chunk as written to the cache (noised to ``ctx_s``): the context that later
+            chunks saw, which a training step on this stream must condition on.
     """
-    cache = KVCache(window)
     cond_of = cond if callable(cond) else (lambda k: cond)
+    guide = cfg_scale != 1.0 and cond_of(1) is not None
+    caches = {"cond": KVCache(window), **({"uncond": KVCache(window)} if guide else {})}
+
+    def condition(branch: str, k: int) -> Cond | None:
+        c = cond_of(k)
+        return c.unconditional() if branch == "uncond" else c
+
     if prefix:
-        net(prefix, cond=cond_of(1), cache=cache, write=True)
+        for branch, cache in caches.items():
+            net(prefix, cond=condition(branch, 1), cache=cache, write=True)
 
     for k in range(1, num_chunks + 1):
-        chunk_cond = cond_of(k)
-        uncond = chunk_cond.unconditional() if chunk_cond is not None and cfg_scale != 1.0 else None
         geometry = {m: seq.positions(m, k, 1, device=device) for m in seq.modalities}  # pos (n, 3), chunk (n,)
 
-        def tokens(x: AV, s: float) -> dict[str, Tokens]:
+        def tokens(x: AV, s: float, clean: bool) -> dict[str, Tokens]:
             out = {}
             for m, (pos, chunk) in geometry.items():
-                layout = Layout(chunk, torch.ones_like(chunk, dtype=torch.bool))  # alone in its chunk: mark clean
+                layout = Layout(chunk, torch.full_like(chunk, clean, dtype=torch.bool))
                 out[m] = Tokens(x[m], x[m].new_full(x[m].shape[:2], float(s)), pos, layout)
             return out
 
-        def velocity_with(c: Cond | None) -> Velocity:
-            return lambda x, s, d: net(tokens(x, s), d=d, cond=c, cache=cache)
+        def velocity_of(branch: str) -> Velocity:
+            c, cache = condition(branch, k), caches[branch]
+            return lambda x, s, d: net(tokens(x, s, clean=False), d=d, cond=c, cache=cache)
 
-        velocity = velocity_with(chunk_cond)
-        if uncond is not None:
-            velocity = guided(velocity, velocity_with(uncond), cfg_scale)
+        velocity = velocity_of("cond")
+        if guide:
+            velocity = guided(velocity, velocity_of("uncond"), cfg_scale)
         noise = {
             m: torch.randn(batch, seq.tokens_per_chunk(m), seq.token_dim(m), generator=generator, device=device)
             for m in seq.modalities
@@ -89,6 +102,9 @@ def stream(
         context = x if ctx_s == 0.0 else {
             m: interpolate(v, torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype), ctx_s) for m, v in x.items()
         }
-        net(tokens(context, ctx_s), cond=chunk_cond, cache=cache, write=True)
+        for branch, cache in caches.items():
+            net(tokens(context, ctx_s, clean=True), cond=condition(branch, k), cache=cache, write=True)
+        if on_write is not None:
+            on_write(context)
         yield x
 

@@ -2,7 +2,8 @@
 
 Chunks are streamed with the KV cache (rolling ``--window`` plus the first-frame sink), so the clip may be longer than
 the training windows. Each chunk is conditioned on the transcript words near it (``--text-span`` seconds), with
-absolute times: rotary positions depend only on time differences, so no re-basing is needed.
+absolute times: rotary positions depend only on time differences, and the first-frame sink is re-indexed as the
+window rolls (``models/masks.py``), so no other re-basing is needed.
 """
 
 from __future__ import annotations

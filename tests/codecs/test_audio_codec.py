@@ -54,9 +54,10 @@ def test_properties_and_positions(codec: MelCodec) -> None:
     assert (codec.token_dim, codec.tokens_per_frame, codec.tokens_per_chunk) == (32, 4, 4 * SPEC.frames_per_chunk)
     pos = codec.positions(3)
     assert pos.dtype == torch.float32
-    # Mel frame i is centred at sample i * hop; frame 4 (the first of video frame 1) sits at 1 / fps.
-    assert torch.allclose(pos[:, 0], torch.arange(12) * SPEC.mel_hop / SPEC.sample_rate)
-    assert pos[4, 0].item() == pytest.approx(1 / SPEC.fps)
+    # Mel frame i stands for samples [i, i + 1) * hop and is stamped at their centre; the 4 frames of video frame 1
+    # are centred, on average, on that frame's centre 1.5 / fps (one time axis, sequence.py).
+    assert torch.allclose(pos[:, 0], (torch.arange(12) + 0.5) * SPEC.mel_hop / SPEC.sample_rate)
+    assert pos[4:8, 0].mean().item() == pytest.approx(1.5 / SPEC.fps)
 
 
 def test_mel_to_wave_to_mel_keeps_magnitudes(codec: MelCodec) -> None:

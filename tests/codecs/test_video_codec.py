@@ -71,12 +71,12 @@ def test_positions_follow_token_order() -> None:
     pos = codec.positions(5)
     assert pos.shape == (5 * rows * cols, 3) and pos.dtype == torch.float32
     t, r, c = 3, 2, 1
-    assert pos[(t * rows + r) * cols + c].tolist() == [pytest.approx(t / SPEC.fps), r, c]
-    assert torch.equal(pos[:: rows * cols, 0], torch.arange(5) / SPEC.fps)
+    assert pos[(t * rows + r) * cols + c].tolist() == [pytest.approx((t + 0.5) / SPEC.fps), r, c]  # frame t's centre
+    assert torch.allclose(pos[:: rows * cols, 0], (torch.arange(5) + 0.5) / SPEC.fps)
 
     tube = PatchCodec(SPEC, patch=8, tubelet=2).positions(4)
     assert tube.shape == (2 * rows * cols, 3)
-    assert tube[rows * cols, 0].item() == pytest.approx(2 / SPEC.fps)  # time of the step's first frame
+    assert tube[rows * cols, 0].item() == pytest.approx(3 / SPEC.fps)  # frames 2 and 3 cover [2, 4) / fps
 
 
 def test_construction_errors_name_the_argument() -> None:

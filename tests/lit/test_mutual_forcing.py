@@ -83,7 +83,8 @@ def test_the_rollout_is_inference_and_carries_no_gradient(tiny_shards: Path) -> 
     prefix, cond = model.prefix(batch), model.condition(batch)
     ctl = torch.Generator().manual_seed(0)
     torch.manual_seed(1)
-    history = model.rollout(x0, 3, prefix, cond, ctl)  # chunks 1, 2
+    history, levels = model.rollout(x0, 3, prefix, cond, ctl)  # chunks 1, 2
+    assert levels is None  # ctx_s = 0: written clean
     assert all(not h.requires_grad and h.grad_fn is None for h in history.values())
 
     noises = []
@@ -109,11 +110,11 @@ def test_sdedit_history_starts_from_the_noised_real_chunks(tiny_shards: Path) ->
     model = _model(history="sdedit", sdedit_level=0.0, rollout_steps=(4,))  # level 0: nothing to denoise
     batch = _batch(tiny_shards)
     x0 = model.seq.encode(batch)
-    history = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
+    history, _ = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
     for m, x in x0.items():
         torch.testing.assert_close(history[m], x[:, : history[m].shape[1]])
     model = _model(history="sdedit", sdedit_level=0.5, rollout_steps=(4,))
-    history = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
+    history, _ = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
     gap = {m: (history[m] - x[:, : history[m].shape[1]]).abs().mean().item() for m, x in x0.items()}
     assert all(g > 1e-3 for g in gap.values())
 
@@ -191,3 +192,53 @@ def test_a_low_rank_fake_score_starts_as_the_shared_model_and_trains_only_its_ad
     assert any(not torch.allclose(after[m], few(x, 0.5, 0.0)[m]) for m in x)  # it learned a difference
     with pytest.raises(ValueError, match="model.fake_score must be"):
         MutualForcing(tower=TOWER, fake_score="full")
+
+
+def test_a_rollout_written_at_a_context_level_is_the_history_training_conditions_on(tiny_shards: Path) -> None:
+    """With ctx_s > 0 the cache holds each chunk re-noised; the rollout hands training exactly that (and its level),
+    not the clean chunks streaming never attends to."""
+    model = _model(history="rollout", rollout_steps=(2,), ctx_s=0.2)
+    batch = _batch(tiny_shards)
+    x0, prefix, cond = model.seq.encode(batch), model.prefix(batch), model.condition(batch)
+    torch.manual_seed(1)
+    history, levels = model.rollout(x0, 3, prefix, cond, torch.Generator().manual_seed(0))
+    written = []
+    torch.manual_seed(1)
+    sample = partial(integrate, grid=grid(2, model.few_shift, few=True))
+    clean = list(stream(model.net, model.seq, sample, num_chunks=2, batch=batch.size, prefix=prefix, cond=cond,
+                        ctx_s=0.2, on_write=written.append))
+    for m in history:
+        torch.testing.assert_close(history[m], torch.cat([w[m] for w in written], dim=1), rtol=0, atol=0)
+        assert (history[m] - torch.cat([c[m] for c in clean], dim=1)).abs().mean() > 0.05  # noised, not the samples
+        assert levels[m].shape == history[m].shape[:2] and bool((levels[m] == 0.2).all())
+
+
+def test_stage_3_starts_with_few_mode_equal_to_multi_mode_on_a_trained_stage_2_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:
+    """Stages 1-2 train d_embed as a constant (every step has d = 0), so on their checkpoint a jump d > 0 changes the
+    velocity; stage 3 folds that constant into s_embed and zeroes the d path: Multi mode stays the checkpoint's and
+    every Few jump starts as exactly the Multi velocity (an Euler jump, METHOD §1)."""
+    L.seed_everything(0)
+    joint = JointTraining(tower=TOWER, optimizer=partial(torch.optim.AdamW, lr=1e-2), ema_decay=None)
+    trainer = _trainer(3)
+    trainer.fit(joint, _datamodule(tiny_shards))
+    path = tmp_path / "stage2.ckpt"
+    trainer.save_checkpoint(path)
+    mf = MutualForcing(tower=TOWER, init_ckpt=str(path), init_from_ema=False)
+    mf.setup("fit")
+    batch = _batch(tiny_shards)
+    x0 = mf.seq.encode(batch)
+    history = {m: x[:, : 2 * mf.seq.tokens_per_chunk(m)] for m, x in x0.items()}
+    x = {m: torch.randn_like(v) for m, v in x0.items()}
+    before = TeacherForced(joint.net, mf.seq, history, mf.prefix(batch), mf.condition(batch))
+    after = before.using(net=mf.net)
+    with torch.no_grad():
+        multi = before(x, 0.7, 0.0)
+        assert max((before(x, 0.7, 0.5)[m] - multi[m]).abs().max() for m in x) > 1e-3  # the trained d path acts
+        for m, v in after(x, 0.7, 0.0).items():
+            torch.testing.assert_close(v, multi[m], rtol=1e-5, atol=1e-5)  # Multi mode is the checkpoint's
+        for d in (1 / 32, 0.25, 0.5, 1.0):
+            few = after(x, 0.7, d)
+            assert all(torch.equal(few[m], after(x, 0.7, 0.0)[m]) for m in x)
+    for net in (mf.ema, mf.fake):
+        for (name, a), b in zip(mf.net.state_dict().items(), net.state_dict().values()):
+            assert torch.equal(a, b), name  # the EMA and the fake score start from the same reset weights

@@ -92,7 +92,7 @@ def test_interrupt_and_resume_equals_straight_run(tiny_shards: Path, tmp_path: P
 def test_resumed_checkpoint_holds_run_seed_and_data_position(tiny_shards: Path, tmp_path: Path) -> None:
     _fit(tiny_shards, tmp_path, "video", 6)
     checkpoint = torch.load(tmp_path / "ckpt" / "epoch=1-step=5.ckpt", weights_only=False)
-    assert checkpoint["lightning_mf_state"] == {"run_seed": 7, "nonfinite_steps": 0, "batch_layout": [1, 1]}
+    assert checkpoint["lightning_mf_state"] == {"run_seed": 7, "nonfinite_steps": 0, "batch_layout": [1, 1], "ema_updates": 5}
     assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 2, "consumed": 1}]
 
 

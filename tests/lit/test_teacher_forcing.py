@@ -1,5 +1,6 @@
 """Stage 1/2 LightningModules: the loss, the layout it trains on, overfitting, EMA and tower loading."""
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -52,16 +53,35 @@ def test_loss_is_finite_per_modality_and_bucketed(tiny_shards: Path) -> None:
     assert torch.isfinite(result.loss({"audio": 0.5}))
 
 
-def test_ema_follows_the_weights_and_is_saved(tiny_shards: Path, tmp_path: Path) -> None:
-    model = UniModalPretraining("video", tower=TINY_TOWER, ema_decay=0.5)
+def test_the_ema_warms_up_then_follows_the_weights_at_its_decay_and_is_saved(tiny_shards: Path, tmp_path: Path) -> None:
+    model = UniModalPretraining("video", tower=TINY_TOWER, ema_decay=0.99)
+    initial = [p.clone() for p in model.ema.parameters()]  # the EMA starts as a copy of the random init
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(1.0)  # "trained" weights: init + 1, so the EMA is init + (1 - share of the init)
+
+    def share() -> float:
+        return 1.0 - torch.cat([(e - i).flatten() for e, i in zip(model.ema.parameters(), initial)]).mean().item()
+
+    for _ in range(5):
+        model.update_ema()
+    warm = math.prod((1 + n) / (10 + n) for n in range(5))  # decays 0.1, 0.18, 0.25, ...: 5e-4 of the init left
+    assert share() == pytest.approx(warm, rel=1e-3)
+    for _ in range(155):
+        model.update_ema()
+    assert model.ema_updates == 160 and share() < 1e-6  # the demo's 160 steps; a fixed 0.99 would leave 0.99**160 = 20%
+    model.ema_updates = 10_000  # past the warm-up: the configured decay
+    before = [p.clone() for p in model.ema.parameters()]
     with torch.no_grad():
         for p in model.net.parameters():
             p.add_(1.0)
-    before = [p.clone() for p in model.ema.parameters()]
     model.update_ema()
     for old, new, online in zip(before, model.ema.parameters(), model.net.parameters()):
-        assert torch.allclose(new, 0.5 * old + 0.5 * online)
+        torch.testing.assert_close(new, 0.99 * old + 0.01 * online)
     assert any(k.startswith("ema.towers.video.") for k in model.state_dict())
+    checkpoint: dict = {}
+    model.on_save_checkpoint(checkpoint)
+    assert checkpoint["lightning_mf_state"]["ema_updates"] == 10_001  # a resumed run continues the warm-up count
 
 
 def _stage1_checkpoint(tmp_path: Path, modality: str, tower: TowerConfig = TINY_TOWER) -> tuple[str, UniModalPretraining]:

@@ -1,6 +1,6 @@
 import torch
 
-from lightning_mf.models.masks import Layout, attention_mask
+from lightning_mf.models.masks import Layout, attention_mask, sink_shift
 
 
 def _layout(chunks: list[int], clean: list[bool]) -> Layout:
@@ -35,8 +35,15 @@ def test_joint_layouts_share_chunk_indices_across_modalities() -> None:
     assert not v_to_a[0].any()  # the video prefix has no audio to see
 
 
-def test_window_keeps_the_sink_and_the_last_chunks() -> None:
+def test_window_keeps_the_last_chunks_and_the_sink_copy_of_each_querys_shift() -> None:
     layout = _layout(list(range(7)), [True] * 7)
-    mask = attention_mask(layout, layout, window=2)
-    assert mask[6].tolist() == [True, False, False, False, True, True, True]  # sink, chunks 4, 5, itself
-    assert mask[2].tolist() == [True, True, True, False, False, False, False]
+    # keys: chunks 0..6, then copies of the sink moved by 1, 2 and 3 chunks
+    keys = Layout.cat([layout, _layout([0, 0, 0], [True] * 3)])
+    shift = torch.tensor([0] * 7 + [1, 2, 3])
+    assert sink_shift(layout.chunk, 2).tolist() == [0, 0, 0, 0, 1, 2, 3] and not sink_shift(layout.chunk, None).any()
+    mask = attention_mask(layout, keys, window=2, k_shift=shift)
+    assert mask[6].tolist() == [False, False, False, False, True, True, True, False, False, True]  # 4, 5, itself, sink+3
+    assert mask[4].tolist() == [False, False, True, True, True, False, False, True, False, False]  # 2, 3, itself, sink+1
+    assert mask[2].tolist() == [True, True, True, False, False, False, False, False, False, False]  # within W + 1: real sink
+    # without copies, a query beyond W + 1 sees no sink at all (never the unshifted one)
+    assert attention_mask(layout, layout, window=2)[6].tolist() == [False, False, False, False, True, True, True]

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from lightning_mf.batch import Cond
-from lightning_mf.models import AVTransformer, KVCache, Tokens
+from lightning_mf.models import AVTransformer, KVCache, Layout, Tokens
 from lightning_mf.models.layers import NoiseLevelEmbedding
 
-from tiny_models import sequence, select, tower
+from tiny_models import CHUNK_SECONDS, sequence, select, tower
 
 MODELS = {"video": ("video_model", ("video",)), "audio": ("audio_model", ("audio",)), "joint": ("joint_model", ("video", "audio"))}
 
@@ -47,7 +47,7 @@ def test_cached_streaming_equals_full_forward(kind: str, window: int | None, req
 
 
 def test_rolled_cache_keeps_only_the_sink_and_the_window() -> None:
-    model = AVTransformer({"video": tower("video")})
+    model = AVTransformer({"video": tower("video")}, CHUNK_SECONDS)
     tokens = sequence(("video",), 8)
     cache = KVCache(window=3)
     model({"video": select(tokens["video"], tokens["video"].layout.chunk == 0)}, cache=cache, write=True)
@@ -100,9 +100,11 @@ def test_freshly_coupled_model_equals_the_unimodal_towers() -> None:
     assert not torch.allclose(coupled(tokens)["audio"], alone["audio"])  # the gate is the coupling
 
 
-def test_adding_the_step_size_path_leaves_multi_mode_unchanged() -> None:
+def test_adding_the_step_size_path_leaves_multi_mode_unchanged_and_context_ignores_d() -> None:
     model = AVTransformer({"video": tower("video")})
-    tokens = sequence(("video",), 3)
+    t = sequence(("video",), 3)["video"]
+    noisy = t.layout.chunk > 0  # chunks 1..3 being denoised (each sees the prefix and itself), the prefix clean
+    tokens = {"video": Tokens(t.x, t.s, t.pos, Layout(t.layout.chunk, ~noisy))}
     with torch.no_grad():  # a model "trained with d = 0 only", then given a fresh (zero-output) d path
         model.towers["video"].d_embed = NoiseLevelEmbedding(model.towers["video"].dim, zero_last=True)
     base = model(tokens, d=0.0)["video"]
@@ -110,7 +112,21 @@ def test_adding_the_step_size_path_leaves_multi_mode_unchanged() -> None:
     assert torch.equal(model(tokens, d=torch.tensor([0.5, 0.125]))["video"], base)
     with torch.no_grad():
         torch.nn.init.normal_(model.towers["video"].d_embed.mlp[2].weight)
-    assert not torch.allclose(model(tokens, d=0.25)["video"], base)  # once trained, d matters
+    jumped = model(tokens, d=0.25)["video"]
+    assert (jumped[:, noisy] - base[:, noisy]).abs().min() > 0  # once trained, d matters for the noisy tokens...
+    assert torch.equal(jumped[:, ~noisy], model(tokens, d=0.0)["video"][:, ~noisy])  # ...and never for the context
+
+
+def test_resetting_the_step_size_path_keeps_multi_mode_and_makes_every_jump_equal_to_it() -> None:
+    model = AVTransformer({"video": tower("video")})  # randomised: d_embed(0) is a large learned constant
+    t = sequence(("video",), 3)["video"]
+    tokens = {"video": Tokens(t.x, t.s, t.pos, Layout(t.layout.chunk, t.layout.chunk == 0))}
+    multi = model(tokens, d=0.0)["video"]
+    assert (model(tokens, d=0.5)["video"] - multi).abs().max() > 1e-2
+    model.towers["video"].reset_step_size()
+    assert torch.allclose(model(tokens, d=0.0)["video"], multi, rtol=1e-5, atol=1e-6)
+    for d in (1 / 32, 0.25, 1.0):
+        assert torch.equal(model(tokens, d=d)["video"], model(tokens, d=0.0)["video"])
 
 
 def test_transcript_conditioning_and_its_dropout() -> None:

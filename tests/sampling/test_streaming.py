@@ -19,7 +19,7 @@ SPEC = AVSpec()
 def _model(modalities: tuple[str, ...]) -> tuple[AVTransformer, AVSequencer]:
     seq = AVSequencer(SPEC, modalities, patch=8, tubelet=2)
     torch.manual_seed(0)
-    net = AVTransformer({m: Tower(seq.token_dim(m), TowerConfig(dim=32, depth=2, heads=2, vocab_size=16)) for m in seq.modalities})
+    net = AVTransformer({m: Tower(seq.token_dim(m), TowerConfig(dim=32, depth=2, heads=2, vocab_size=16)) for m in seq.modalities}, SPEC.chunk_seconds)
     with torch.no_grad():
         for name, p in net.named_parameters():
             p.normal_(0, 0.1) if not name.startswith("gates") else p.fill_(0.5)
