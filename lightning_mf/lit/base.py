@@ -98,7 +98,8 @@ class SamplerConfig:
         return grid(self.steps, self.shift, few=self.mode == "few")
 
     def nfe(self) -> int:
-        """Network evaluations per chunk, CFG counted twice (METHOD §5); the cache write adds one more."""
+        """Network evaluations per chunk, CFG counted twice (METHOD §5); the cache writes add one more (two with CFG,
+        whose unconditional branch keeps its own cache)."""
         return nfe(self.grid(), heun=self.heun, cfg=self.guidance != 1.0)
 
 

@@ -242,3 +242,104 @@ def test_stage_3_starts_with_few_mode_equal_to_multi_mode_on_a_trained_stage_2_c
     for net in (mf.ema, mf.fake):
         for (name, a), b in zip(mf.net.state_dict().items(), net.state_dict().values()):
             assert torch.equal(a, b), name  # the EMA and the fake score start from the same reset weights
+
+
+class ConstantMulti(torch.nn.Module):
+    """A stub network: velocity ``multi`` at d = 0 (any conditioning) and ``0.1 x + p`` for a jump d > 0 (``p`` a
+    trainable scalar, so a Few-mode output carries a gradient); records the step sizes and grad mode of each call."""
+
+    def __init__(self, multi: float) -> None:
+        super().__init__()
+        self.multi, self.p = multi, torch.nn.Parameter(torch.tensor(0.3))
+        self.calls: list[tuple[torch.Tensor, bool]] = []
+
+    def forward(self, tokens, d=0.0, **_) -> dict[str, torch.Tensor]:
+        first = next(iter(tokens.values()))
+        d = torch.as_tensor(d, dtype=torch.float32).expand(first.x.shape[0])
+        self.calls.append((d.clone(), torch.is_grad_enabled()))
+        jump = (d > 0).view(-1, 1, 1)
+        return {m: torch.where(jump, 0.1 * t.x + self.p, torch.full_like(t.x, self.multi)) for m, t in tokens.items()}
+
+
+def _stub_view(model: MutualForcing, tiny_shards: Path, net: torch.nn.Module):
+    batch = _batch(tiny_shards)
+    x0 = model.seq.encode(batch)
+    history = {m: x[:, : 2 * model.seq.tokens_per_chunk(m)] for m, x in x0.items()}
+    return TeacherForced(net, model.seq, history, model.prefix(batch), model.condition(batch)), x0
+
+
+def test_the_shortcut_prediction_is_made_at_the_sampled_jump_against_a_no_grad_target(tiny_shards: Path) -> None:
+    model = _model(history="real", shortcut_steps=(2,), min_step=0.25)
+    stub = ConstantMulti(multi=0.7)
+    few, x0 = _stub_view(model, tiny_shards, stub)
+    losses = model.shortcut(few, x0, torch.Generator().manual_seed(0))
+    *target_calls, (d, grad) = stub.calls
+    assert grad and not any(g for _, g in target_calls)  # only the prediction carries a gradient
+    rows = model.pairs
+    assert bool((d > 0).all()) and all(float(v) in rows[:, 1].float().tolist() for v in d)  # a grid jump per sample
+    halves = [c for c, _ in target_calls if bool((c > 0).any())]
+    if halves:  # non-base samples: two half jumps of the prediction's d
+        torch.testing.assert_close(halves[0][d > rows[:, 1].min()], d[d > rows[:, 1].min()] / 2)
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+    sum(losses.values()).backward()
+    assert stub.p.grad is not None and stub.p.grad.abs() > 0
+
+
+def test_dmd_pushes_samples_from_the_fake_score_toward_the_real_score(tiny_shards: Path, monkeypatch) -> None:
+    """With a real score of constant velocity r and a fake score of constant velocity f, the x0 estimates of the same
+    re-noised sample differ by exactly ``fake_x0 - real_x0 = t (r - f)``, with t > 0 the re-noising level: a sign
+    error, swapped scores or a fake score that is the shared model itself all break that."""
+    import lightning_mf.lit.mutual_forcing as module
+
+    seen = {}
+    real_loss = module.dmd_loss
+    monkeypatch.setattr(module, "dmd_loss", lambda sample, real_x0, fake_x0: seen.update(sample=sample, real=real_x0, fake=fake_x0) or real_loss(sample, real_x0, fake_x0))
+    model = _model(history="real")
+    shared, fake = ConstantMulti(multi=0.7), ConstantMulti(multi=-0.5)
+    model.fake = fake
+    few, x0 = _stub_view(model, tiny_shards, shared)
+    losses, sample = model.dmd(few, x0, torch.Generator().manual_seed(0))
+    for m in x0:
+        t = (seen["fake"][m] - seen["real"][m]) / (0.7 - -0.5)  # (B, N, C), one level per sample
+        assert bool((t > 0.01).all() and (t < 0.99).all())
+        torch.testing.assert_close(t, t[:, :1, :1].expand_as(t))
+        assert torch.equal(sample[m], seen["sample"][m].detach()) and not sample[m].requires_grad
+    assert not fake.calls[-1][1] and float(fake.calls[-1][0].abs().max()) == 0.0  # the fake score: Multi mode, no grad
+    sum(losses.values()).backward()
+    assert shared.p.grad is not None and shared.p.grad.abs() > 0  # through the last Few jump
+
+
+def test_the_fake_score_trains_on_the_steps_few_mode_samples_not_on_real_data(tiny_shards: Path, monkeypatch) -> None:
+    import lightning_mf.lit.mutual_forcing as module
+
+    samples, fitted = [], []
+    real_dmd, real_fm = module.dmd_loss, module.teacher_forcing_flow_matching
+    monkeypatch.setattr(module, "dmd_loss", lambda sample, r, f: samples.append({m: v.detach().clone() for m, v in sample.items()}) or real_dmd(sample, r, f))
+
+    def recording_fm(net, seq, x0, *args, **kwargs):
+        if net is model.fake:
+            fitted.append({m: v.clone() for m, v in x0.items()})
+        return real_fm(net, seq, x0, *args, **kwargs)
+
+    monkeypatch.setattr(module, "teacher_forcing_flow_matching", recording_fm)
+    L.seed_everything(0)
+    model = _model(history="rollout", chunks=(2, 2))
+    _trainer(1).fit(model, _datamodule(tiny_shards))
+    assert len(samples) == 1 and len(fitted) == 1
+    for m in samples[0]:
+        assert torch.equal(fitted[0][m], samples[0][m])
+
+
+@pytest.mark.parametrize("stage", ["joint", "mutual_forcing"])
+def test_one_plain_sgd_step_moves_the_weights_by_exactly_the_clipped_gradient_norm(tiny_shards: Path, stage: str) -> None:
+    """Automatic (stage 2) and manual (stage 3) optimisation clip alike: with SGD at lr 1, the step is the gradient
+    itself, so its norm is grad_clip whenever the raw gradient is larger (it is, by orders of magnitude, here)."""
+    L.seed_everything(0)
+    sgd = partial(torch.optim.SGD, lr=1.0)
+    model = JointTraining(tower=TOWER, optimizer=sgd, grad_clip=1e-3) if stage == "joint" else _model(optimizer=sgd, grad_clip=1e-3)
+    if stage == "joint":
+        randomize(model.net, std=0.05, seed=1)
+    before = [p.detach().clone() for p in model.net.parameters()]
+    _trainer(1).fit(model, _datamodule(tiny_shards))
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.net.parameters(), before)))
+    torch.testing.assert_close(moved, torch.tensor(1e-3), rtol=1e-3, atol=0)

@@ -48,8 +48,10 @@ def _model(stage: str) -> L.LightningModule:
     return model
 
 
-def _fit(tiny_shards: Path, root: Path, stage: str, steps: int, ckpt: str | None = None, workers: int = 0) -> tuple[L.LightningModule, Record]:
-    L.seed_everything(7)
+def _fit(
+    tiny_shards: Path, root: Path, stage: str, steps: int, ckpt: str | None = None, workers: int = 0, seed: int = 7
+) -> tuple[L.LightningModule, Record]:
+    L.seed_everything(seed)
     model, record = _model(stage), Record()
     data = AVDataModule(
         root=str(tiny_shards), spec=AVSpec(), window_chunks=3, batch_size=2, batches_per_epoch=4, num_workers=workers
@@ -65,13 +67,14 @@ def _fit(tiny_shards: Path, root: Path, stage: str, steps: int, ckpt: str | None
 
 @pytest.mark.parametrize(("stage", "workers", "split"), [("video", 0, 3), ("video", 2, 3), ("video", 0, 4), ("mutual_forcing", 0, 3)])
 def test_interrupt_and_resume_equals_straight_run(tiny_shards: Path, tmp_path: Path, stage: str, workers: int, split: int) -> None:
-    """6 steps straight == ``split`` steps, then a new Trainer resumed from that checkpoint for the rest: bitwise
+    """6 steps straight == ``split`` steps, then a new Trainer (another global seed) resumed from that checkpoint for the rest: bitwise
     weights (net, EMA, fake score), optimizer and warm-up scheduler states, loss curve and batches. Epochs are 4
     batches: a resume at step 3 lands mid-epoch and crosses an epoch boundary afterwards; at step 4 it starts the
     next epoch."""
     straight, straight_log = _fit(tiny_shards, tmp_path / "a", stage, 6, workers=workers)
     _fit(tiny_shards, tmp_path / "b", stage, split, workers=workers)
-    resumed, resumed_log = _fit(tiny_shards, tmp_path / "b", stage, 6, ckpt=str(tmp_path / "b" / "ckpt" / "last.ckpt"), workers=workers)
+    # resumed under another global seed: the run's seeds come from the checkpoint, not from the new process
+    resumed, resumed_log = _fit(tiny_shards, tmp_path / "b", stage, 6, ckpt=str(tmp_path / "b" / "ckpt" / "last.ckpt"), workers=workers, seed=8)
 
     assert sorted(resumed_log.losses) == list(range(split + 1, 7))
     for step in range(split + 1, 7):

@@ -118,3 +118,26 @@ def test_wrong_stage1_checkpoints_fail_before_training(tmp_path: Path) -> None:
 def test_codec_that_does_not_tile_a_chunk_is_rejected() -> None:
     with pytest.raises(ValueError, match="tubelet=4 does not divide spec.frames_per_chunk=2"):
         UniModalPretraining("video", tower=TINY_TOWER, codec=CodecConfig(tubelet=4))
+
+
+def test_the_ema_of_a_real_fit_is_its_closed_form_over_the_weights_each_step_made(tiny_shards: Path) -> None:
+    from lightning_mf.data.datamodule import AVDataModule
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args) -> None:  # after the optimizer step and its EMA update
+            weights.append([p.detach().clone() for p in module.net.parameters()])
+
+    model = UniModalPretraining("audio", tower=TINY_TOWER, ema_decay=0.7, optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    weights = [[p.detach().clone() for p in model.net.parameters()]]
+    dm = AVDataModule(root=str(tiny_shards), spec=SPEC, window_chunks=2, batch_size=2, batches_per_epoch=2)
+    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              limit_val_batches=0, enable_model_summary=False, callbacks=[Record()]).fit(model, dm)
+    assert len(weights) == 3 and model.ema_updates == 2
+    expected = weights[0]
+    for n, step in enumerate(weights[1:]):  # decays 0.1 then 2/11 (the warm-up), both below 0.7
+        decay = min(0.7, (1 + n) / (10 + n))
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, step)]
+    moved = sum((w1 - w0).abs().sum() for w0, w1 in zip(weights[0], weights[2]))
+    assert moved > 1.0  # the steps really changed the weights, so the EMA's weighting shows
+    for e, p in zip(expected, model.ema.parameters()):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,7 @@ import torch
 
 from lightning_mf.batch import Cond
 from lightning_mf.flow import grid
+from lightning_mf.lit.base import SamplerConfig
 from lightning_mf.models import AVTransformer, Tower, TowerConfig
 from lightning_mf.sampling import integrate
 from lightning_mf.sampling.streaming import stream
@@ -65,3 +66,25 @@ def test_streaming_is_deterministic_and_runs_past_the_training_length_with_a_win
             assert torch.equal(x[m], y[m]) and torch.isfinite(x[m]).all()
     media = seq.decode({m: torch.cat([c[m] for c in a], dim=1) for m in ("video", "audio")})
     assert media["video"].shape == (1, 40, 3, 32, 32) and media["audio"].shape == (1, 40 * 1000)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [SamplerConfig(mode="few", steps=4), SamplerConfig(mode="multi", steps=5, cfg_scale=3.0), SamplerConfig(mode="multi", steps=3, heun=True)],
+)
+def test_network_evaluations_per_chunk_are_what_nfe_reports_plus_the_cache_writes(sampler: SamplerConfig) -> None:
+    net, seq = _model(("video", "audio"))
+    calls = []
+
+    def counted(tokens, **kwargs):
+        calls.append(kwargs.get("write", False))
+        return net(tokens, **kwargs)
+
+    prefix = seq.prefix(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    cond = Cond.from_transcripts([[{"token": "a", "start": 0.0, "end": 0.3}]], 16)
+    sample = partial(integrate, grid=sampler.grid(), heun=sampler.heun)
+    for _ in stream(counted, seq, sample, num_chunks=3, batch=1, prefix=prefix, cond=cond, cfg_scale=sampler.guidance):
+        pass
+    caches = 2 if sampler.guidance != 1.0 else 1  # the unconditional branch of CFG keeps its own cache
+    assert calls.count(True) == caches * (1 + 3)  # the prefix, then every chunk, into each cache
+    assert calls.count(False) == 3 * sampler.nfe()

@@ -1,0 +1,70 @@
+"""Teacher-forcing flow matching by value: a recording stub network with a known output shows what the objective
+feeds the network (layout, levels, d) and that each error is exactly ``|u - (eps - x0)|^2``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_mf.models.transformer import Tokens
+from lightning_mf.objectives.flow_matching import NoiseSchedule, teacher_forcing_flow_matching
+from lightning_mf.sequence import AVSequencer
+from lightning_mf.spec import AVSpec
+
+SEQ = AVSequencer(AVSpec(), ("video", "audio"))
+CHUNKS = 3
+
+
+class AffineStub(nn.Module):
+    """Velocity ``0.5 * x + 0.25`` of every token; records what each call was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[dict[str, Tokens], Tensor | float]] = []
+
+    def forward(self, tokens: dict[str, Tokens], d: Tensor | float = 0.0, **_: object) -> dict[str, Tensor]:
+        self.calls.append((tokens, d))
+        return {m: 0.5 * t.x + 0.25 for m, t in tokens.items()}
+
+
+def _data(seed: int = 0) -> tuple[dict[str, Tensor], dict[str, Tokens]]:
+    g = torch.Generator().manual_seed(seed)
+    x0 = {m: torch.randn(2, CHUNKS * SEQ.tokens_per_chunk(m), SEQ.token_dim(m), generator=g) for m in SEQ.modalities}
+    prefix = SEQ.prefix(torch.randint(0, 255, (2, 3, 32, 32), generator=g, dtype=torch.uint8))
+    return x0, prefix
+
+
+def test_each_error_is_the_distance_to_the_velocity_eps_minus_x0_of_its_own_noised_chunk() -> None:
+    x0, prefix = _data()
+    net = AffineStub()
+    torch.manual_seed(0)
+    result = teacher_forcing_flow_matching(net, SEQ, x0, prefix, None, NoiseSchedule(distribution="uniform"))
+    (tokens, d), = net.calls
+    assert float(d) == 0.0  # flow matching trains Multi mode
+    for m, x in x0.items():
+        n, t = x.shape[1], tokens[m]
+        noisy, s = t.x[:, -n:], t.s[:, -n:]  # [prefix ; clean history ; noisy chunks]: the noisy part is last
+        assert torch.equal(s, result.levels[m]) and bool((s > 0).all() and (s < 1).all())
+        per_chunk = s.unflatten(1, (CHUNKS, -1))
+        assert torch.equal(per_chunk, per_chunk[..., :1].expand_as(per_chunk))  # one level per chunk (Diffusion Forcing)
+        assert not t.layout.clean[-n:].any() and t.layout.clean[:-n].all()
+        history = t.x[:, -2 * n : -n]
+        assert torch.equal(history, x) and not t.s[:, -2 * n : -n].any()  # teacher forcing: the clean real chunks
+        eps = (noisy - (1 - s[..., None]) * x) / s[..., None]  # the noise that was drawn, from x_s = (1 - s) x0 + s eps
+        assert 0.9 < eps.std() < 1.1  # it is a standard normal draw, so x_s really was built from x0 and eps
+        expected = (0.5 * noisy + 0.25 - (eps - x)).pow(2).mean(-1)
+        torch.testing.assert_close(result.errors[m], expected, rtol=1e-4, atol=1e-5)
+    weighted = result.loss({"audio": 0.3})
+    torch.testing.assert_close(weighted, result.errors["video"].mean() + 0.3 * result.errors["audio"].mean())
+
+
+def test_context_noise_noises_the_history_to_a_level_below_its_bound() -> None:
+    x0, prefix = _data(1)
+    net = AffineStub()
+    teacher_forcing_flow_matching(net, SEQ, x0, prefix, None, NoiseSchedule(context_noise=0.2))
+    (tokens, _), = net.calls
+    for m, x in x0.items():
+        n, t = x.shape[1], tokens[m]
+        level = t.s[:, -2 * n : -n]
+        assert bool((level > 0).all() and (level <= 0.2).all())
+        assert (t.x[:, -2 * n : -n] - x).abs().mean() > 0.01  # the history the network saw is noised
