@@ -119,9 +119,10 @@ def headline(runs: Path, data: str, seeds: list[int], clips: int, syncnet: str |
     return command, "\n".join(lines)
 
 
-def long_drift(runs: Path, data: str, clips: int, seconds: float, window: int) -> tuple[str, str]:
+def long_drift(runs: Path, data: str, clips: int, seconds: float, window: int, only: list[str] | None = None) -> tuple[str, str]:
     """Identity drift per time window (the paper's 0-5 / 5-15 / 15-25 s protocol) of streams far longer than the
-    training windows, from the first held-out frames (their transcripts cover only the first window)."""
+    training windows, from the first held-out frames (their transcripts cover only the first window). ``only``:
+    ``name:mode`` rows to run (default: every stage-3 model at Few 4, and Multi 50 of Mutual Forcing and stage 2)."""
     from lightning_mf.callbacks.generation_eval import take_windows
     from lightning_mf.data.datamodule import AVDataModule
     from lightning_mf.lit.base import SamplerConfig
@@ -129,6 +130,8 @@ def long_drift(runs: Path, data: str, clips: int, seconds: float, window: int) -
     from lightning_mf.tools.evaluate import load_module
 
     plan = [(name, "few4") for name in STAGE3] + [("mutual_forcing", "multi50"), ("joint", "multi50")]
+    if only:
+        plan = [tuple(row.split(":", 1)) for row in only]
     lines = ["| model | mode | 0-5 s | 5-15 s | 15-25 s | gen time |", "|---|---|---|---|---|---|"]
     for name, mode in plan:
         module = load_module(str(runs / name / "checkpoints" / "last.ckpt"))
@@ -149,6 +152,7 @@ def long_drift(runs: Path, data: str, clips: int, seconds: float, window: int) -
         lines.append(f"| {name} | {mode} | " + " | ".join(cells) + f" | {took:.1f} s |")
         print(lines[-1], flush=True)
     command = f"python benchmarks/mutual_forcing.py long --runs {runs} --data {data} --clips {clips} --seconds {seconds} --window {window}"
+    command += f" --only {' '.join(only)}" if only else ""
     return command, "\n".join(lines)
 
 
@@ -177,6 +181,7 @@ def main() -> None:
     p_long.add_argument("--clips", type=int, default=4)
     p_long.add_argument("--seconds", type=float, default=25.0)
     p_long.add_argument("--window", type=int, default=4)
+    p_long.add_argument("--only", nargs="+", default=None, help="name:mode rows, e.g. mutual_forcing:few4")
     p_long.add_argument("--write", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -190,7 +195,7 @@ def main() -> None:
         print(write_section(args.write, "stage3-steps", body) if args.write else body)
         return
     if args.what == "long":
-        command, table = long_drift(args.runs, args.data, args.clips, args.seconds, args.window)
+        command, table = long_drift(args.runs, args.data, args.clips, args.seconds, args.window, args.only)
         body = (
             f"## Long streams: identity drift per time window (tiny synthetic)\n\n`{command}` on {machine()}, "
             f"{time.strftime('%Y-%m-%d')}. Drift is the L1 distance (0..255 colour levels) of the face and background "
