@@ -110,3 +110,14 @@ def test_noise_level_distributions_and_shift_moves_them_toward_noise() -> None:
 def test_noise_levels_reject_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sample_noise_levels((3,), **kwargs)  # type: ignore[arg-type]
+
+
+def test_grid_is_unshifted_by_default_and_noise_levels_may_reach_the_ends() -> None:
+    assert [s for s, _, _ in grid(4, few=False)] == [1.0, 0.75, 0.5, 0.25]  # shift 1: linspace
+    levels = sample_noise_levels((1000,), generator=torch.Generator().manual_seed(0), distribution="uniform", eps=0.0)
+    assert levels.min() < 0.01 and levels.max() > 0.99  # eps = 0 is allowed: no clamp
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "logit_normal"])
+def test_noise_levels_are_drawn_on_the_device_asked_for(distribution: str) -> None:
+    assert sample_noise_levels((2, 3), device="meta", distribution=distribution).device.type == "meta"  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ def test_environment_yml_pins_equal_the_lock() -> None:
 def test_every_dependency_is_locked_within_its_range() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     lock = _lock()
-    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    for spec in project["dependencies"] + [spec for extra in project["optional-dependencies"].values() for spec in extra]:
         req = Requirement(spec)
         assert canonicalize_name(req.name) in lock, f"{req.name} is not in requirements/lock.txt"
         assert req.specifier.contains(lock[canonicalize_name(req.name)]), f"lock pins {req.name}=={lock[canonicalize_name(req.name)]} outside {req.specifier}"

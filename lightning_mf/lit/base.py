@@ -338,12 +338,12 @@ class FlowModule(L.LightningModule):
         n = self.ema_updates
         return min(self.ema_decay, (1 + n) / (10 + n))
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        if self.ema is not None:
-            weight = 1.0 - self.ema_decay_now()
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), weight)
-            self.ema_updates += 1
+        with torch.no_grad():
+            if self.ema is not None:
+                weight = 1.0 - self.ema_decay_now()
+                torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), weight)
+                self.ema_updates += 1
 
     # --------------------------------------------------------------------------------------- conditioning
 

@@ -238,37 +238,37 @@ class MutualForcing(TeacherForcing):
 
     # ------------------------------------------------------------------------------------------- history
 
-    @torch.no_grad()
     def rollout(self, x0: AV, count: int, prefix: dict[str, Tokens], cond: Cond, ctl: torch.Generator) -> tuple[AV, AV | None]:
         """History chunks 1..L-1: real (teacher forcing), or streamed in Few mode exactly as at inference; returned
         as the streaming cache saw them (noised to ``ctx_s``) with their levels (None: clean)."""
-        made = count - 1
-        real = {m: x[:, : made * self.seq.tokens_per_chunk(m)] for m, x in x0.items()}
-        if self.history_source == "real" or made == 0:
-            return real, None
-        jumps = grid(self._choose(self.rollout_steps, ctl), self.few_shift, few=True)
-        if self.history_source == "rollout":
-            sample = partial(integrate, grid=jumps)
-        else:  # sdedit: start each chunk from its real tokens noised to the first grid level <= sdedit_level
-            tail = [j for j in jumps if j[0] <= self.sdedit_level]
-            start = tail[0][0] if tail else 0.0
-            chunk = iter(range(made))
+        with torch.no_grad():
+            made = count - 1
+            real = {m: x[:, : made * self.seq.tokens_per_chunk(m)] for m, x in x0.items()}
+            if self.history_source == "real" or made == 0:
+                return real, None
+            jumps = grid(self._choose(self.rollout_steps, ctl), self.few_shift, few=True)
+            if self.history_source == "rollout":
+                sample = partial(integrate, grid=jumps)
+            else:  # sdedit: start each chunk from its real tokens noised to the first grid level <= sdedit_level
+                tail = [j for j in jumps if j[0] <= self.sdedit_level]
+                start = tail[0][0] if tail else 0.0
+                chunk = iter(range(made))
 
-            def sample(velocity: Any, noise: AV) -> AV:
-                k = next(chunk)
-                x = {m: interpolate(self._chunk(x0, m, k), noise[m], start) for m in noise}
-                return integrate(velocity, x, tail)
+                def sample(velocity: Any, noise: AV) -> AV:
+                    k = next(chunk)
+                    x = {m: interpolate(self._chunk(x0, m, k), noise[m], start) for m in noise}
+                    return integrate(velocity, x, tail)
 
-        batch = next(iter(x0.values())).shape[0]
-        written: list[AV] = []
-        for _ in stream(
-            self.net, self.seq, sample, num_chunks=made, batch=batch, prefix=prefix, cond=cond,
-            window=self.window, ctx_s=self.ctx_s, device=self.device, on_write=written.append,
-        ):  # fmt: skip
-            pass
-        history = {m: torch.cat([p[m] for p in written], dim=1) for m in self.seq.modalities}
-        levels = {m: torch.full(h.shape[:2], self.ctx_s, device=h.device) for m, h in history.items()} if self.ctx_s > 0 else None
-        return history, levels
+            batch = next(iter(x0.values())).shape[0]
+            written: list[AV] = []
+            for _ in stream(
+                self.net, self.seq, sample, num_chunks=made, batch=batch, prefix=prefix, cond=cond,
+                window=self.window, ctx_s=self.ctx_s, device=self.device, on_write=written.append,
+            ):  # fmt: skip
+                pass
+            history = {m: torch.cat([p[m] for p in written], dim=1) for m in self.seq.modalities}
+            levels = {m: torch.full(h.shape[:2], self.ctx_s, device=h.device) for m, h in history.items()} if self.ctx_s > 0 else None
+            return history, levels
 
     def _chunk(self, x: AV, modality: str, k: int) -> Tensor:
         n = self.seq.tokens_per_chunk(modality)

@@ -29,9 +29,6 @@ class KVCache:
         self.v: dict[str, list[Tensor]] = {}
         self.layouts: dict[str, Layout] = {}
 
-    def __contains__(self, modality: str) -> bool:
-        return modality in self.layouts
-
     def layout(self, modality: str) -> Layout | None:
         return self.layouts.get(modality)
 
@@ -64,6 +61,3 @@ class KVCache:
             self.k[modality] = [k.index_select(2, index) for k in self.k[modality]]
             self.v[modality] = [v.index_select(2, index) for v in self.v[modality]]
             self.layouts[modality] = Layout(layout.chunk[index], layout.clean[index])
-
-    def num_tokens(self, modality: str) -> int:
-        return len(self.layouts[modality]) if modality in self.layouts else 0

@@ -48,23 +48,23 @@ def shortcut_pairs(steps: tuple[int, ...], shift: float, min_step: float) -> Ten
     return torch.tensor(rows, dtype=torch.float64)
 
 
-@torch.no_grad()
 def shortcut_target(few: Velocity, multi_cfg: Velocity, x: AV, s: Tensor, d: Tensor, base: Tensor) -> AV:
     """Stop-gradient ShortCut target for ``few(x, s, d)`` with per-sample ``s``, ``d`` (B,) and ``base`` (B,) bool.
 
     Base rows: ``multi_cfg(x, s, 0)``. Other rows: ``u1 = few(x, s, d/2)``, ``x' = x - d/2 u1``,
     ``u2 = few(x', s - d/2, d/2)``, target ``(u1 + u2) / 2`` (METHOD §4.3). Only the branches some row needs run.
     """
-    out: AV | None = None
-    if bool((~base).any()):
-        half = d / 2
-        u1 = few(x, s, half)
-        u2 = few({m: x[m] - _per_sample(half, x[m]) * u1[m] for m in x}, s - half, half)
-        out = {m: (u1[m] + u2[m]) / 2 for m in x}
-    if bool(base.any()):
-        v = multi_cfg(x, s, 0.0)
-        out = v if out is None else {m: torch.where(_per_sample(base, v[m]).bool(), v[m], out[m]) for m in x}
-    return out
+    with torch.no_grad():
+        out: AV | None = None
+        if bool((~base).any()):
+            half = d / 2
+            u1 = few(x, s, half)
+            u2 = few({m: x[m] - _per_sample(half, x[m]) * u1[m] for m in x}, s - half, half)
+            out = {m: (u1[m] + u2[m]) / 2 for m in x}
+        if bool(base.any()):
+            v = multi_cfg(x, s, 0.0)
+            out = v if out is None else {m: torch.where(_per_sample(base, v[m]).bool(), v[m], out[m]) for m in x}
+        return out
 
 
 def dmd_loss(sample: AV, real_x0: AV, fake_x0: AV) -> dict[str, Tensor]:

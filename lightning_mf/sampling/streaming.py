@@ -30,7 +30,6 @@ __all__ = ["stream"]
 Sampler = Callable[[Velocity, AV], AV]
 
 
-@torch.no_grad()  # not inference_mode: a training step with grad on will attend to this cache (LAYOUT §3.8)
 def stream(
     net: AVTransformer,
     seq: AVSequencer,
@@ -108,3 +107,8 @@ def stream(
             on_write(context)
         yield x
 
+
+# Not inference_mode: a training step with grad on will attend to this cache (LAYOUT §3.8). Torch wraps a generator
+# chunk by chunk, so the caller's grad mode is untouched between chunks. Applied here rather than as a decorator
+# because the mutation tester (scripts/mutation.sh) leaves decorated functions unmutated.
+stream = torch.no_grad()(stream)

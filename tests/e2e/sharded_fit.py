@@ -2,8 +2,11 @@
 (``ModelParallelStrategy``, FSDP2 over gloo; Lightning launches the second rank) or in 1 process with 2 micro-batches
 per step. Both see the same global batches, so they must end with the same weights.
 
-usage: python sharded_fit.py SHARDS OUT {video,joint,mutual_forcing} {sharded,single,sharded-bf16} STEPS [CKPT]
-(sharded-bf16: bf16-mixed precision and activation checkpointing, the multi-node recipe)
+usage: python sharded_fit.py SHARDS OUT {video,joint,mutual_forcing} {sharded,single}[-bf16|-sgd] STEPS [CKPT]
+(-bf16: bf16-mixed precision and activation checkpointing, the multi-node recipe; -sgd: plain SGD without clipping,
+every weight drawn at std 0.2, so the scale of every gradient and every path through the model (gates, zero-initialised
+layers) shows in the result: a gradient summed instead of averaged, which AdamW's normalisation hides, changes it.
+The SGD runs are not resumed: their checkpoints hold the SGD factory, which a weights-only load refuses.)
 Writes OUT/weights.pt (full tensors of every network), OUT/val_keys-<rank>.txt, a checkpoint per step under
 OUT/ckpt and, with CKPT, resumes from it. An epoch is 2 steps. The joint stage also runs GenerationEval at the end
 (OUT/eval.txt: its scalars on rank 0).
@@ -12,6 +15,7 @@ OUT/ckpt and, with CKPT, resumes from it. An epoch is 2 steps. The joint stage a
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +62,16 @@ class ValKeys(Callback):
         (self.out / f"val_keys-{trainer.global_rank}.txt").write_text("\n".join(self.keys))
 
 
-def build(stage: str, micro_batches: int, checkpointing: bool) -> L.LightningModule:
+def build(stage: str, micro_batches: int, checkpointing: bool, sgd: bool) -> L.LightningModule:
+    common: dict[str, Any] = {"tower": TOWER, "activation_checkpointing": checkpointing}
+    if sgd:
+        common.update(optimizer=partial(torch.optim.SGD, lr=0.05), grad_clip=None)
     if stage == "video":
-        return UniModalPretraining(modality="video", tower=TOWER, activation_checkpointing=checkpointing)
+        return UniModalPretraining(modality="video", **common)
     if stage == "joint":
-        return JointTraining(tower=TOWER, activation_checkpointing=checkpointing)
-    return MutualForcing(
-        tower=TOWER, chunks=(1, 2), rollout_steps=(1, 2), dmd_steps=(1,), accumulate=micro_batches,
-        activation_checkpointing=checkpointing,
-    )
+        return JointTraining(**common)
+    fake = {"fake_optimizer": common["optimizer"]} if sgd else {}
+    return MutualForcing(chunks=(1, 2), rollout_steps=(1, 2), dmd_steps=(1,), accumulate=micro_batches, **fake, **common)
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
@@ -79,13 +84,13 @@ if __name__ == "__main__":
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(3)
     torch.manual_seed(0)  # the same initial weights in every process
-    sharded, bf16 = mode.startswith("sharded"), mode == "sharded-bf16"
-    model = build(stage, 1 if sharded else RANKS, checkpointing=bf16)
-    if stage == "mutual_forcing":
+    sharded, bf16, sgd = mode.startswith("sharded"), mode.endswith("-bf16"), mode.endswith("-sgd")
+    model = build(stage, 1 if sharded else RANKS, checkpointing=bf16, sgd=sgd)
+    if stage == "mutual_forcing" or sgd:
         torch.manual_seed(1)
         for p in model.net.parameters():  # zero-initialised outputs would make every distillation term 0
-            p.data.add_(0.05 * torch.randn_like(p))
-        for copy in (model.ema, model.fake):
+            p.data.normal_(0.0, 0.2) if sgd else p.data.add_(0.05 * torch.randn_like(p))
+        for copy in (model.ema, getattr(model, "fake", None)):
             if copy is not None:
                 copy.load_state_dict(model.net.state_dict())
     data = FixedBatches(root=shards, spec=AVSpec(), window_chunks=2, batch_size=1, val_batch_size=1)

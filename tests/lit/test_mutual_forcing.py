@@ -9,8 +9,9 @@ import lightning as L
 import pytest
 import torch
 
+from lightning_mf.batch import AVBatch
 from lightning_mf.data.datamodule import AVDataModule
-from lightning_mf.flow import grid
+from lightning_mf.flow import grid, interpolate
 from lightning_mf.lit import JointTraining, MutualForcing
 from lightning_mf.models import TowerConfig
 from lightning_mf.models.transformer import AVTransformer
@@ -194,6 +195,18 @@ def test_a_low_rank_fake_score_starts_as_the_shared_model_and_trains_only_its_ad
         MutualForcing(tower=TOWER, fake_score="full")
 
 
+def test_fsdp_shards_every_network_the_stage_holds() -> None:
+    """``networks()`` is what ``configure_model`` shards: the shared model, its EMA, a full fake score and a frozen
+    teacher; low-rank adapters ride on the shared model, so they are refused under FSDP."""
+    full = MutualForcing(tower=TOWER, real_score="frozen")
+    assert full.networks() == [full.net, full.ema, full.fake, full.teacher]
+    lora = MutualForcing(tower=TOWER, fake_score="lora", ema_decay=None)
+    assert lora.networks() == [lora.net]
+    lora._device_mesh = object()  # as under ModelParallelStrategy
+    with pytest.raises(ValueError, match="model.fake_score: lora is not supported under FSDP"):
+        lora.networks()
+
+
 def test_a_rollout_written_at_a_context_level_is_the_history_training_conditions_on(tiny_shards: Path) -> None:
     """With ctx_s > 0 the cache holds each chunk re-noised; the rollout hands training exactly that (and its level),
     not the clean chunks streaming never attends to."""
@@ -286,6 +299,50 @@ def test_the_shortcut_prediction_is_made_at_the_sampled_jump_against_a_no_grad_t
     assert stub.p.grad is not None and stub.p.grad.abs() > 0
 
 
+def test_shortcut_draws_its_rows_from_the_control_generator_with_replacement(tiny_shards: Path) -> None:
+    """Each sample's (s, d) is one row of the pairs table, drawn by the control generator (identical on every rank,
+    whatever the global RNG did), with replacement: a batch larger than the table is fine."""
+    model = _model(history="real", shortcut_steps=(2,), min_step=0.5)
+    seen = []
+
+    class Record(ConstantMulti):
+        def forward(self, tokens, d=0.0, **kwargs):
+            seen.append(next(iter(tokens.values())).s[:, -1].clone())  # the level of each sample's noisy chunk
+            return super().forward(tokens, d=d, **kwargs)
+
+    stub = Record(multi=0.7)
+    batch = _batch(tiny_shards)
+    batch = AVBatch(batch.video.repeat(4, 1, 1, 1, 1), batch.audio.repeat(4, 1), batch.start_frame.repeat(4), batch.keys * 4, batch.meta * 4)
+    x0 = model.seq.encode(batch)
+    history = {m: x[:, : 2 * model.seq.tokens_per_chunk(m)] for m, x in x0.items()}
+    few = TeacherForced(stub, model.seq, history, model.prefix(batch), model.condition(batch))
+    assert len(model.pairs) < batch.size
+    draws = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        stub.calls.clear()
+        seen.clear()
+        model.shortcut(few, x0, torch.Generator().manual_seed(5))
+        draws.append(torch.stack([seen[-1], stub.calls[-1][0]], 1))  # (s, d) of the prediction's call
+    torch.testing.assert_close(draws[0], draws[1])  # the control generator alone decides
+    rows, drawn = {tuple(r) for r in model.pairs[:, :2].tolist()}, {tuple(r) for r in draws[0].tolist()}
+    assert drawn <= rows and len(drawn) > 1 and any(s != d for s, d in drawn)
+
+
+def test_the_shortcut_loss_is_the_squared_error_of_the_prediction_against_its_target(tiny_shards: Path, monkeypatch) -> None:
+    import lightning_mf.lit.mutual_forcing as module
+
+    noised = []  # the noisy chunks ShortCut predicts from, one per modality
+    monkeypatch.setattr(module, "interpolate", lambda *args: noised.append(interpolate(*args)) or noised[-1])
+    monkeypatch.setattr(module, "shortcut_target", lambda few, multi, x, s, d, base: {m: torch.full_like(v, 2.0) for m, v in x.items()})
+    model = _model(history="real")
+    few, x0 = _stub_view(model, tiny_shards, ConstantMulti(multi=0.7))
+    losses = model.shortcut(few, x0, torch.Generator().manual_seed(0))
+    assert set(losses) == set(x0) and len(noised) == len(x0)
+    for (m, loss), x in zip(losses.items(), noised):
+        torch.testing.assert_close(loss, (0.1 * x + 0.3 - 2.0).pow(2).mean())  # the stub's jump velocity vs the target
+
+
 def test_dmd_pushes_samples_from_the_fake_score_toward_the_real_score(tiny_shards: Path, monkeypatch) -> None:
     """With a real score of constant velocity r and a fake score of constant velocity f, the x0 estimates of the same
     re-noised sample differ by exactly ``fake_x0 - real_x0 = t (r - f)``, with t > 0 the re-noising level: a sign
@@ -344,3 +401,18 @@ def test_one_plain_sgd_step_moves_the_weights_by_exactly_the_clipped_gradient_no
     _trainer(1).fit(model, _datamodule(tiny_shards))
     moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.net.parameters(), before)))
     torch.testing.assert_close(moved, torch.tensor(1e-3), rtol=1e-3, atol=0)
+
+
+def test_the_step_loss_is_the_weighted_sum_of_its_terms(tiny_shards: Path, monkeypatch) -> None:
+    """``fm * L_fm + sd * (sc * L_sc + dmd * L_dmd)``, each distillation term ``L_video + audio_weight * L_audio``."""
+    model = _model(fm_weight=0.7, sd_weight=2.0, sc_weight=0.25, dmd_weight=0.5, audio_weight=0.3)
+    one = model.net.towers.video.embed.weight.sum() * 0 + 1  # a constant that carries a gradient
+    monkeypatch.setattr(model, "shortcut", lambda few, x0, ctl: {"video": 2 * one, "audio": 5 * one})
+    monkeypatch.setattr(model, "dmd", lambda few, x0, ctl: ({"video": 3 * one, "audio": 7 * one}, {m: torch.zeros_like(v) for m, v in x0.items()}))
+    trainer = _trainer(1)
+    trainer.fit(model, _datamodule(tiny_shards))
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert logged["train/sc"] == pytest.approx(2 + 0.3 * 5) and logged["train/dmd"] == pytest.approx(3 + 0.3 * 7)
+    assert logged["train/fm"] == pytest.approx(logged["train/fm_video"] + 0.3 * logged["train/fm_audio"], rel=1e-5)
+    expected = 0.7 * logged["train/fm"] + 2.0 * (0.25 * 3.5 + 0.5 * 5.1)
+    assert logged["train/loss"] == pytest.approx(expected, rel=1e-5)

@@ -26,13 +26,13 @@ def _batch(tiny_shards: Path, batch_size: int = 4, window_chunks: int = 3):
 
 def test_a_tiny_model_overfits_one_batch(tiny_shards: Path) -> None:
     torch.manual_seed(0)
-    batch = _batch(tiny_shards)
+    batch = _batch(tiny_shards, batch_size=2, window_chunks=2)
     model = UniModalPretraining("audio", tower=TINY_TOWER, ema_decay=None, cfg_dropout=0.0,
-                                optimizer=lambda p: torch.optim.Adam(p, lr=3e-3))
+                                optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
     optimizer = model.configure_optimizers()["optimizer"]
     generator_state = torch.get_rng_state()
     losses = []
-    for _ in range(150):
+    for _ in range(80):
         torch.set_rng_state(generator_state)  # the same noise every step: one fixed regression problem
         loss = model.flow_matching(batch).loss()
         optimizer.zero_grad()
@@ -141,3 +141,38 @@ def test_the_ema_of_a_real_fit_is_its_closed_form_over_the_weights_each_step_mad
     assert moved > 1.0  # the steps really changed the weights, so the EMA's weighting shows
     for e, p in zip(expected, model.ema.parameters()):
         torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6)
+
+
+def test_two_micro_batches_of_one_make_the_step_of_one_batch_of_two(tiny_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradient accumulation (Lightning's ``accumulate_grad_batches``) vs a larger batch, through real fits: plain SGD,
+    no clipping, every weight at std 0.2, so the step is the gradient itself and a sum over micro-batches instead of a
+    mean doubles it. The noise is pinned per sample (a function of the sample's tokens; fixed levels per chunk), so
+    both splits of the global batch see the same noise."""
+    from torch.utils.data import DataLoader
+
+    from lightning_mf.batch import AVBatch
+    from lightning_mf.objectives.flow_matching import NoiseSchedule
+
+    monkeypatch.setattr(torch, "randn_like", lambda x, **kwargs: torch.sin(7.0 * x + 1.0))
+    monkeypatch.setattr(NoiseSchedule, "draw", lambda self, b, c, device: torch.linspace(0.2, 0.9, c, device=device).expand(b, c))
+    batch = _batch(tiny_shards, batch_size=2, window_chunks=2)
+    halves = [
+        AVBatch(batch.video[i : i + 1], batch.audio[i : i + 1], batch.start_frame[i : i + 1], batch.keys[i : i + 1], batch.meta[i : i + 1])
+        for i in range(2)
+    ]
+
+    def fit(batches: list[AVBatch], accumulate: int) -> dict[str, torch.Tensor]:
+        model = UniModalPretraining("audio", tower=TINY_TOWER, ema_decay=None, cfg_dropout=0.0, grad_clip=None,
+                                    optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+        torch.manual_seed(1)
+        for p in model.net.parameters():  # gates and zero-initialised layers included: every path counts
+            p.data.normal_(0.0, 0.2)
+        initial = {k: v.clone() for k, v in model.net.state_dict().items()}
+        L.Trainer(max_steps=1, accumulate_grad_batches=accumulate, accelerator="cpu", logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(model, DataLoader(batches, batch_size=None))
+        return {k: v - initial[k] for k, v in model.net.state_dict().items()}
+
+    accumulated, whole = fit(halves, accumulate=2), fit([batch], accumulate=1)
+    assert max(v.abs().max() for v in whole.values()) > 1e-2  # a real step, far above the tolerance
+    for name, step in whole.items():
+        torch.testing.assert_close(accumulated[name], step, rtol=1e-4, atol=1e-6, msg=name)

@@ -3,6 +3,7 @@ feeds the network (layout, levels, d) and that each error is exactly ``|u - (eps
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -68,3 +69,24 @@ def test_context_noise_noises_the_history_to_a_level_below_its_bound() -> None:
         level = t.s[:, -2 * n : -n]
         assert bool((level > 0).all() and (level <= 0.2).all())
         assert (t.x[:, -2 * n : -n] - x).abs().mean() > 0.01  # the history the network saw is noised
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
+def test_the_context_noise_bound_is_a_level_below_one(bad: float) -> None:
+    assert NoiseSchedule(context_noise=0.0).context_noise == 0.0 and NoiseSchedule(context_noise=0.99).context_noise == 0.99
+    with pytest.raises(ValueError, match=rf"NoiseSchedule.context_noise must be in \[0, 1\), got {bad}"):
+        NoiseSchedule(context_noise=bad)
+
+
+def test_errors_are_bucketed_by_noise_level_with_the_last_bucket_closed() -> None:
+    from lightning_mf.objectives.flow_matching import FlowMatchingResult
+
+    levels = torch.tensor([[0.0, 0.25, 0.3, 0.5, 0.74, 0.75, 1.0]])
+    errors = torch.tensor([[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]])
+    result = FlowMatchingResult(errors={"audio": errors}, levels={"audio": levels})
+    buckets = {k: float(v) for k, v in result.by_bucket().items()}
+    assert buckets == {"audio_s0.00-0.25": 1.0, "audio_s0.25-0.50": 3.0, "audio_s0.50-0.75": 12.0, "audio_s0.75-1.00": 48.0}
+    assert set(result.by_bucket((0.0, 0.5, 1.0))) == {"audio_s0.00-0.50", "audio_s0.50-1.00"}
+    assert float(result.loss({"audio": 0.5})) == 0.5 * float(errors.mean())
+    empty = FlowMatchingResult(errors={"audio": errors[:, :1]}, levels={"audio": levels[:, :1]})
+    assert list(empty.by_bucket()) == ["audio_s0.00-0.25"]  # buckets without a level are skipped
