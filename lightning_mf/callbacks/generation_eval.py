@@ -21,13 +21,7 @@ from torch import Tensor
 
 from lightning_mf.batch import AVBatch
 from lightning_mf.lit.base import FlowModule, SamplerConfig
-from lightning_mf.metrics.drift import IdentityDrift
-from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance
-from lightning_mf.metrics.lipsync import LipSync
-from lightning_mf.metrics.oracle import OracleSync
-from lightning_mf.metrics.pretrained import VIDEO_ARCHS, InceptionFeatures, VGGishFeatures, VideoNetFeatures
-from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
-from lightning_mf.models.syncnet import SyncNet
+from lightning_mf.metrics.scoring import PRETRAINED, Scorer
 
 __all__ = ["GenerationEval", "gif_summary", "take_windows"]
 
@@ -77,9 +71,7 @@ class GenerationEval(L.Callback):
             raise ValueError(f"GenerationEval: pretrained networks {sorted(unknown)} are unknown; choose from {sorted(PRETRAINED)}")
         self.pretrained = dict(pretrained or {})
         self.conditions: AVBatch | None = None
-        self.vowels = None
-        self.syncnet: SyncNet | None = None
-        self.features: dict[str, torch.nn.Module] = {}
+        self.scorer: Scorer | None = None
         self.last: dict[str, float] = {}
         self.last_step: int | None = None
 
@@ -95,16 +87,16 @@ class GenerationEval(L.Callback):
             self.conditions = conditions  # None unless sharded: then this rank only helps generate
 
     def prepare(self, module: FlowModule, conditions: AVBatch) -> None:
-        """Fix the conditions, build the feature networks (and train the vowel classifier when there is audio)."""
+        """Fix the conditions and build the scorer (feature networks; the vowel classifier when there is audio)."""
         self.conditions = conditions
-        self.features = {"frames": FrameFeatures(), "clips": ClipFeatures(), "audio": AudioFeatures(module.spec.sample_rate)}
-        if "audio" in module.seq.modalities and self.vowel_classifier_clips:
-            self.vowels = train_vowel_classifier(module.spec, num_clips=self.vowel_classifier_clips)
-        if self.syncnet_weights is not None:
-            self.syncnet = SyncNet(module.spec, weights=self.syncnet_weights).eval()
-        for name, weights in self.pretrained.items():
-            self.features[name] = _pretrained(name, weights, module.spec.sample_rate)
-            _check_length(name, self.features[name], conditions)
+        self.scorer = Scorer(
+            module.spec, module.seq.modalities, vowel_classifier_clips=self.vowel_classifier_clips,
+            syncnet_weights=self.syncnet_weights, max_offset=self.max_offset, pretrained=self.pretrained,
+        )
+        try:
+            self.scorer.check_length(conditions)
+        except ValueError as error:
+            raise ValueError(f"GenerationEval: {error}") from None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step % self.every_n_steps == 0:
@@ -128,7 +120,7 @@ class GenerationEval(L.Callback):
             media = pl_module.generate(real, sampler=sampler)
             if not scoring:
                 continue
-            for metric, value in self.scores(pl_module, real, media).items():
+            for metric, value in self.scorer.score(media, made_from=real, reference=real).items():
                 scalars[f"eval/{metric}_{name}"] = value
             if self.log_media:
                 self._log_media(trainer, pl_module, name, media)
@@ -139,45 +131,6 @@ class GenerationEval(L.Callback):
             self.last = scalars
         self.last_step = trainer.global_step
         return self.last
-
-    def scores(self, module: FlowModule, real: AVBatch, media: dict[str, Tensor], meta: list[dict[str, Any]] | None = None) -> dict[str, float]:
-        """Metrics of ``media`` against the ``real`` windows. ``meta`` describes the clips that made the media
-        (their transcripts and, on synthetic data, identities); by default that is ``real.meta`` (the conditions)."""
-        conditioned_on = real.video[:, 0] if meta is None else None  # real media (a reference row) are their own
-        meta = real.meta if meta is None else meta
-        out: dict[str, float] = {}
-        if "video" in media:
-            fake_frames, real_frames = media["video"].flatten(0, 1), real.video.flatten(0, 1)  # (B*T, 3, H, W)
-            out["fd_frames"] = _frechet(self.features["frames"], real_frames, fake_frames)
-            out["fd_clips"] = _frechet(self.features["clips"], _clip_windows(real.video), _clip_windows(media["video"]))
-            if "inception" in self.features:
-                out["fd_inception"] = _frechet(self.features["inception"], real_frames, fake_frames)
-            for name in VIDEO_ARCHS:
-                if name in self.features:
-                    out[f"fd_{name}"] = _frechet(self.features[name], real.video, media["video"])
-            drift = IdentityDrift(fps=module.spec.fps, **LOCAL)
-            drift.update(media["video"], conditioned_on)  # generated clips: against the frames they were conditioned on
-            out |= {k: float(v) for k, v in drift.compute().items()}
-            if "audio" in media and self.syncnet is not None:
-                lipsync = LipSync(self.syncnet.to(media["video"].device), max_offset=min(self.max_offset, media["video"].shape[1] - 1), **LOCAL)
-                lipsync.update(media["video"], media["audio"])
-                out |= {k: float(v) for k, v in lipsync.compute().items()}
-            identities = [m.get("ground_truth", {}).get("identity") for m in meta]
-            if "audio" in media and all(identities):  # synthetic data: the mouth colour is known
-                sync = OracleSync(module.spec.samples_per_frame, max_lag=min(5, (media["video"].shape[1] - 3) // 2), **LOCAL)
-                sync.update(media["video"], media["audio"], torch.tensor([i["mouth"] for i in identities], device=media["video"].device))
-                out |= {k: float(v) for k, v in sync.compute().items()}
-        if "audio" in media:
-            spf = module.spec.samples_per_frame
-            out["fd_audio"] = _frechet(self.features["audio"], _audio_windows(real.audio, 4 * spf), _audio_windows(media["audio"], 4 * spf))
-            if "vggish" in self.features:
-                out["fd_vggish"] = _frechet(self.features["vggish"], real.audio, media["audio"])
-            if self.vowels is not None:
-                vowel = VowelErrorRate(self.vowels.to(media["audio"].device), **LOCAL)
-                vowel.update(media["audio"], [m["transcript"] for m in meta])
-                if int(vowel.total) > 0:
-                    out["vowel_error_rate"] = float(vowel.compute())
-        return out
 
     def _log_media(self, trainer: L.Trainer, module: FlowModule, name: str, media: dict[str, Tensor]) -> None:
         for logger in trainer.loggers:
@@ -209,48 +162,3 @@ def _slice(batches: list[AVBatch], start: int, stop: int) -> AVBatch:
         start_frame=torch.cat([b.start_frame for b in batches])[start:stop],
         keys=[k for b in batches for k in b.keys][start:stop], meta=[m for b in batches for m in b.meta][start:stop],
     )
-
-
-def _clip_windows(video: Tensor, frames: int = 4) -> Tensor:
-    """(B, T, 3, H, W) -> non-overlapping windows (B * T // frames, frames, 3, H, W): enough samples for a covariance."""
-    usable = video.shape[1] // frames * frames
-    return video[:, :usable].reshape(-1, frames, *video.shape[2:])
-
-
-def _audio_windows(audio: Tensor, samples: int) -> Tensor:
-    usable = audio.shape[1] // samples * samples
-    return audio[:, :usable].reshape(-1, samples)
-
-
-# The callback computes on rank 0 alone: a metric must not wait for the other ranks in compute() (torchmetrics
-# all-gathers states whenever torch.distributed is initialised), or DDP training hangs.
-LOCAL = {"sync_on_compute": False}
-
-
-PRETRAINED = {"inception", "vggish", *VIDEO_ARCHS}
-
-
-def _pretrained(name: str, weights: str, sample_rate: int) -> torch.nn.Module:
-    if name == "inception":
-        return InceptionFeatures(weights)
-    if name == "vggish":
-        return VGGishFeatures(weights, sample_rate=sample_rate)
-    return VideoNetFeatures(weights, arch=name)
-
-
-def _check_length(name: str, feature: torch.nn.Module, conditions: AVBatch) -> None:
-    """Fail at the start of fit, not at the first evaluation, when the windows are too short for a network."""
-    frames, samples = conditions.video.shape[1], conditions.audio.shape[1]
-    if frames < getattr(feature, "min_frames", 0) or samples < getattr(feature, "min_samples", 0):
-        need = f"{feature.min_frames} frames" if hasattr(feature, "min_frames") else f"{feature.min_samples} audio samples"
-        raise ValueError(
-            f"GenerationEval: pretrained {name!r} needs windows of at least {need}, the evaluation windows have "
-            f"{frames} frames / {samples} samples; use longer windows (data.window_chunks) or drop {name!r}"
-        )
-
-
-def _frechet(feature: torch.nn.Module, real: Tensor, fake: Tensor) -> float:
-    metric = FrechetDistance(feature.to(real.device), **LOCAL)
-    metric.update(real, real=True)
-    metric.update(fake, real=False)
-    return float(metric.compute())

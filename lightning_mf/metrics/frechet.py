@@ -24,7 +24,7 @@ from torchmetrics import Metric
 
 from lightning_mf.models.weights import load_weights
 
-__all__ = ["AudioFeatures", "ClipFeatures", "FrameFeatures", "FrechetDistance", "frechet_distance", "load_weights"]
+__all__ = ["AudioFeatures", "ClipFeatures", "FrameFeatures", "FrechetDistance", "MotionFeatures", "frechet_distance", "load_weights"]
 
 DEFAULT_SEED = 0
 
@@ -170,35 +170,58 @@ class FrameFeatures(nn.Module):
         return torch.cat(stats, dim=1)  # (N, 6C)
 
 
+class MotionFeatures(nn.Module):
+    """Video clips (B, T, 3, H, W), T >= 2 -> (B * (T - 1), 2 * width) features, one per pair of consecutive frames.
+
+    A random zero-mean 3x3 conv of the frame difference, ReLU, pooled by spatial mean and max (the max keeps small
+    moving parts, a mouth, visible). A frozen clip gives all-zero features, so no static generator matches real
+    motion: its Fréchet distance (``fd_motion``) is the quality figure that copying the first frame cannot win,
+    which FD frames can.
+    """
+
+    def __init__(self, width: int = 32, seed: int = DEFAULT_SEED + 1, weights: str | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.num_features = 2 * width
+        _seeded_init(self.conv, seed)
+        with torch.no_grad():
+            self.conv.weight -= self.conv.weight.mean(dim=(2, 3), keepdim=True)
+        if weights is not None:
+            load_weights(self, weights)
+
+    def per_pair(self, clips: Tensor) -> Tensor:
+        """(B, T, 3, H, W) -> (B, T - 1, 2 * width)."""
+        if clips.ndim != 5 or clips.shape[2] != 3 or clips.shape[1] < 2:
+            raise ValueError(f"clips must be (B, T, 3, H, W) with T >= 2, got {tuple(clips.shape)}")
+        b, t = clips.shape[:2]
+        x = clips.float() / 255 if clips.dtype == torch.uint8 else clips.float()
+        diff = (x[:, 1:] - x[:, :-1]).flatten(0, 1) / 0.25  # (B (T-1), 3, H, W), FrameFeatures' scale
+        h = torch.relu(self.conv(diff))  # (B (T-1), C, H, W)
+        return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1).view(b, t - 1, -1)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        return self.per_pair(clips).flatten(0, 1)
+
+
 class ClipFeatures(nn.Module):
     """Video clips (B, T, 3, H, W), T >= 2 -> (B, 8 * width) features.
 
-    Appearance: ``FrameFeatures`` averaged over time (6 * width). Motion: a random zero-mean 3x3 conv of the
-    differences of consecutive frames, ReLU, pooled by spatial mean and max and averaged over time (2 * width).
-    Frozen or stuttering video drives the motion half to zero, which frame-level features can't see; the max
-    keeps small moving parts (a mouth) visible.
+    Appearance: ``FrameFeatures`` averaged over time (6 * width). Motion: ``MotionFeatures`` averaged over time
+    (2 * width). Frozen or stuttering video drives the motion half to zero, which frame-level features can't see.
     """
 
     def __init__(self, width: int = 32, seed: int = DEFAULT_SEED, weights: str | None = None) -> None:
         super().__init__()
         self.frame = FrameFeatures(width=width, seed=seed)
-        self.motion = nn.Conv2d(3, width, 3, padding=1)
+        self.motion = MotionFeatures(width=width, seed=seed + 1)
         self.num_features = 8 * width
-        _seeded_init(self.motion, seed + 1)
-        with torch.no_grad():
-            self.motion.weight -= self.motion.weight.mean(dim=(2, 3), keepdim=True)
         if weights is not None:
             load_weights(self, weights)
 
     def forward(self, clips: Tensor) -> Tensor:
-        if clips.ndim != 5 or clips.shape[2] != 3 or clips.shape[1] < 2:
-            raise ValueError(f"clips must be (B, T, 3, H, W) with T >= 2, got {tuple(clips.shape)}")
+        motion = self.motion.per_pair(clips).mean(1)  # (B, 2C); checks the shape
         b, t = clips.shape[:2]
         appearance = self.frame(clips.flatten(0, 1)).view(b, t, -1).mean(1)  # (B, 6C)
-        x = clips.float() / 255 if clips.dtype == torch.uint8 else clips.float()
-        diff = (x[:, 1:] - x[:, :-1]).flatten(0, 1) / self.frame.std  # (B (T-1), 3, H, W)
-        h = torch.relu(self.motion(diff))  # (B (T-1), C, H, W)
-        motion = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1).view(b, t - 1, -1).mean(1)  # (B, 2C)
         return torch.cat([appearance, motion], dim=1)  # (B, 8C)
 
 

@@ -4,6 +4,9 @@ On the synthetic data the spoken tokens are vowels, so a small frame-wise classi
 tokens, trained on synthetic clips (whose transcripts are exact), plays the role that an ASR model plays for real
 speech. A syllable counts as an error when the classifier's average over the syllable's central frames names
 another vowel than the transcript; tokens that are not vowels (real transcripts) are not scored.
+
+That rate never asks whether the voice is silent when the transcript is: ``SpeechFrameErrorRate`` does, frame by
+frame, with silence as a class, so a voice that never stops (or never starts) scores badly even with the right vowels.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from lightning_mf.codecs import MelCodec
 from lightning_mf.data.synthetic import VOWELS, synthesize_clip
+from lightning_mf.metrics.intervals import mean_ci95
 from lightning_mf.spec import AVSpec
 
-__all__ = ["VowelClassifier", "VowelErrorRate", "frame_labels", "train_vowel_classifier"]
+__all__ = ["SpeechFrameErrorRate", "VowelClassifier", "VowelErrorRate", "frame_labels", "train_vowel_classifier"]
 
 SILENCE = 0  # class 0; vowel i is class i + 1
 
@@ -128,3 +133,39 @@ class VowelErrorRate(Metric):
         if int(self.total) == 0:
             raise ValueError("VowelErrorRate: no vowel of any transcript fell inside the audio")
         return self.errors.float() / self.total
+
+
+class SpeechFrameErrorRate(Metric):
+    """Per clip, the fraction of mel frames whose class (silence or a vowel) differs from the transcript's; the mean
+    over clips (``speech_frame_error``) with its 95% interval (``speech_frame_error_ci95``). Clips whose transcript
+    holds no vowel are not scored. States are the per-clip rates, gathered across processes.
+
+    Args:
+        classifier: a trained :class:`VowelClassifier`.
+    """
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, classifier: VowelClassifier, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.classifier = classifier
+        self.add_state("rates", default=[], dist_reduce_fx="cat")
+
+    @torch.no_grad()
+    def update(self, audio: Tensor, transcripts: list[list[dict[str, Any]]]) -> None:
+        """``audio`` (B, S) and each clip's transcript (times in seconds from the start of the audio)."""
+        if audio.shape[0] != len(transcripts):
+            raise ValueError(f"SpeechFrameErrorRate: {audio.shape[0]} clips but {len(transcripts)} transcripts")
+        heard = self.classifier(audio.float()).argmax(-1)  # (B, M)
+        spec = self.classifier.codec.spec
+        for row, transcript in enumerate(transcripts):
+            if any(entry["token"] in VOWELS for entry in transcript):
+                said = frame_labels(transcript, heard.shape[1], spec).to(heard.device)
+                self.rates.append((heard[row] != said).double().mean()[None])
+
+    def compute(self) -> dict[str, Tensor]:
+        if isinstance(self.rates, list) and not self.rates:
+            raise ValueError("SpeechFrameErrorRate: no clip with a vowel in its transcript was scored")
+        mean, ci95 = mean_ci95(dim_zero_cat(self.rates))
+        return {"speech_frame_error": mean.float(), "speech_frame_error_ci95": ci95.float()}

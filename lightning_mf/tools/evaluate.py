@@ -1,4 +1,5 @@
-"""`lightning-mf evaluate`: the GenerationEval metrics for a checkpoint, with real data as a reference row."""
+"""`lightning-mf evaluate`: every metric for a checkpoint, between the floor and the ceiling of each (reference rows
+of real and trivially generated clips, ``metrics/scoring.py``)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from lightning_mf.callbacks.generation_eval import GenerationEval, take_windows
+from lightning_mf.callbacks.generation_eval import take_windows
 from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.lit.base import FlowModule, SamplerConfig
+from lightning_mf.metrics.scoring import Scorer, reference_rows
 
 __all__ = ["evaluate", "load_module", "parse_mode"]
 
@@ -59,18 +62,20 @@ def evaluate(
     syncnet: str | None = None,
     pretrained: dict[str, str] | None = None,
     seed: int = 0,
+    weights: Literal["ema", "online"] | None = None,
     out: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Generate from held-out conditions in each mode and score the clips; print a table and write JSON.
 
-    The reference row scores real held-out windows against other real held-out windows, with the same metrics:
-    what a perfect generator would get.
+    Three reference rows come first (``metrics.scoring.reference_rows``): real held-out windows (the ceiling), real
+    windows of other characters scored against these conditions, and the conditioning frame copied with silence (the
+    floors). They need twice ``num_clips`` held-out windows; without them the table has the modes only.
 
     Args:
         ckpt: checkpoint of a training stage (1, 2 or Mutual Forcing).
         data: shard folder whose validation split gives the conditions (first frames, transcripts).
         modes: sampling modes: multi50 (Multi mode, 50 Euler steps + CFG), multi25heun, few4 (Few mode, 4 jumps).
-        num_clips: windows generated per mode (the reference row needs twice as many held-out windows).
+        num_clips: windows generated per mode (the reference rows need twice as many held-out windows).
         window_chunks: chunks per window.
         cfg_scale: classifier-free guidance scale of the Multi modes.
         shift: timestep shift of the sampling grids.
@@ -78,37 +83,43 @@ def evaluate(
         pretrained: ``{network: weights file}`` for Fréchet distances in pretrained feature spaces: inception, r3d_18,
             mc3_18, r2plus1d_18, s3d, vggish (e.g. ``--pretrained '{inception: inception_v3_google.pth}'``).
         seed: seed of the generation noise (the conditions are always the first held-out windows).
+        weights: sample with the ``ema`` weights or the ``online`` ones (what the optimizer trained: at stage 3, an
+            EMA of 0.99 after 100 steps still holds a third of stage 2); default: the EMA when the checkpoint has one.
         out: path of the JSON report (optional).
     """
     module = load_module(ckpt)
+    if weights == "ema" and module.ema is None:
+        raise ValueError(f"--weights ema: {ckpt} has no EMA weights (trained with ema_decay: null); use --weights online")
+    weights = weights or ("ema" if module.ema is not None else "online")
     datamodule = AVDataModule(root=data, spec=module.spec, window_chunks=window_chunks, batch_size=num_clips)
     datamodule.setup("validate")
     conditions = take_windows(datamodule.val_dataloader(), num_clips)
-    callback = GenerationEval(num_clips=num_clips, log_media=False, syncnet_weights=syncnet, pretrained=pretrained)
-    callback.prepare(module, conditions)
+    scorer = Scorer(module.spec, module.seq.modalities, syncnet_weights=syncnet, pretrained=pretrained)
+    scorer.check_length(conditions)
     rows: dict[str, dict[str, float]] = {}
     try:
-        reference = take_windows(datamodule.val_dataloader(), num_clips, skip=num_clips)
-        media = {m: getattr(reference, m) for m in module.seq.modalities}
-        rows["real (held-out)"] = callback.scores(module, conditions, media, meta=reference.meta)
+        others = take_windows(datamodule.val_dataloader(), num_clips, skip=num_clips)
     except ValueError as exc:
-        print(f"no reference row: {exc}")
+        print(f"no reference rows: {exc}")
+    else:
+        rows |= reference_rows(scorer, conditions, others)
     with torch.no_grad():
         for mode in modes:
-            sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift), seed=seed)
+            sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift), seed=seed, use_ema=weights == "ema")
             start = time.perf_counter()
             media = module.generate(conditions, sampler=sampler)
             seconds = time.perf_counter() - start
-            rows[mode] = callback.scores(module, conditions, media) | {"nfe_per_chunk": sampler.nfe(), "generate_seconds": seconds}
+            scores = scorer.score(media, made_from=conditions, reference=conditions)
+            rows[mode] = scores | {"nfe_per_chunk": sampler.nfe(), "generate_seconds": seconds}
     _print_table(rows)
     if out is not None:
-        Path(out).write_text(json.dumps({"ckpt": ckpt, "data": data, "num_clips": num_clips, "seed": seed, "rows": rows}, indent=1))
+        Path(out).write_text(json.dumps({"ckpt": ckpt, "data": data, "num_clips": num_clips, "seed": seed, "weights": weights, "rows": rows}, indent=1))
         print(f"report: {out}")
     return rows
 
 
 def _print_table(rows: dict[str, dict[str, float]]) -> None:
-    """One line per metric, one column per row (the reference first)."""
+    """One line per metric, one column per row (the reference rows first)."""
     metrics = sorted({k for row in rows.values() for k in row})
     first = max(len(m) for m in metrics) + 2
     widths = [max(12, len(name) + 2) for name in rows]

@@ -28,7 +28,10 @@ __all__ = ["STAGES", "pipeline"]
 
 STAGES = ("video_pretrain", "audio_pretrain", "joint", "mutual_forcing")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SUMMARY = ("nfe_per_chunk", "generate_seconds", "fd_frames", "fd_clips", "fd_audio", "oracle_sync_corr", "vowel_error_rate", "drift_mean")
+SUMMARY = (
+    "nfe_per_chunk", "generate_seconds", "fd_frames", "fd_clips", "fd_motion", "fd_audio", "drift_mean", "video_timing_r",
+    "audio_timing_r", "oracle_sync_corr", "vowel_error_rate", "speech_frame_error",
+)
 
 
 def pipeline(
@@ -142,11 +145,13 @@ def _conditions(preset: str, data: Path, out: Path) -> tuple[Path, Path]:
 
 
 def _summary(rows: dict[str, dict[str, float]], root: Path, timing: dict[str, float]) -> None:
-    names = list(rows)  # the real held-out reference first, then the modes (evaluate's order)
-    print("metric".ljust(20) + "".join(name.rjust(14) for name in names))
+    names = list(rows)  # the reference rows (ceiling, floors) first, then the modes (evaluate's order)
+    widths = [max(12, len(name) + 2) for name in names]
+    print("metric".ljust(20) + "".join(name.rjust(w) for name, w in zip(names, widths)))
     for metric in SUMMARY:
         if any(metric in rows[name] for name in names):
-            print(metric.ljust(20) + "".join(f"{rows[n][metric]:.4g}".rjust(14) if metric in rows[n] else "-".rjust(14) for n in names))
+            cells = (f"{rows[n][metric]:.4g}" if metric in rows[n] else "-" for n in names)
+            print(metric.ljust(20) + "".join(cell.rjust(w) for cell, w in zip(cells, widths)))
     print(f"\ngenerated clip: {root / 'generated.mp4'} (+ .wav), {timing['duration_s']:g} s at {timing['fps']:.1f} frames/s streamed")
     print(f"evaluation:     {root / 'evaluation.json'}")
     print(f"TensorBoard:    tensorboard --logdir {root}")

@@ -26,10 +26,14 @@ def test_generation_eval_logs_scalars_video_and_audio(tiny_shards: Path, tmp_pat
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1)
     trainer.fit(model, datamodule=dm)
 
-    expected = {"fd_frames", "fd_clips", "fd_audio", "drift_mean", "drift_w2", "oracle_sync_corr", "oracle_sync_lag", "vowel_error_rate"}
+    expected = {
+        "fd_frames", "fd_clips", "fd_motion", "fd_audio", "drift_mean", "drift_w2", "oracle_sync_corr", "oracle_sync_lag",
+        "video_timing_r", "video_timing_r_ci95", "audio_timing_r", "audio_timing_lag", "vowel_error_rate", "speech_frame_error",
+    }
     assert {f"eval/{name}_multi2" for name in expected} <= set(callback.last)
     assert all(v == v and abs(v) < float("inf") for v in callback.last.values())  # finite
-    assert all(v >= 0 for k, v in callback.last.items() if not k.startswith("eval/oracle"))  # distances, rates
+    signed = ("eval/oracle", "eval/video_timing_r_", "eval/audio_timing_r_", "eval/video_timing_lag", "eval/audio_timing_lag")
+    assert all(v >= 0 for k, v in callback.last.items() if not k.startswith(signed))  # distances, rates, intervals
     events = EventAccumulator(str(tmp_path / "eval"), size_guidance={"scalars": 0, "images": 0, "audio": 0}).Reload()
     assert "eval/fd_frames_multi2" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("eval/fd_frames_multi2")] == [2]  # step 2, and not again at fit end
@@ -39,6 +43,7 @@ def test_generation_eval_logs_scalars_video_and_audio(tiny_shards: Path, tmp_pat
     assert audio.sample_rate == 16000 and audio.length_frames == 8 * 1000
 
 
+@pytest.mark.slow  # Inception and R(2+1)D on CPU: 20 s
 def test_pretrained_feature_networks_add_their_frechet_distances(tiny_shards: Path, tmp_path: Path) -> None:
     """A user's Inception / video-net weights add fd_inception / fd_<arch>; windows too short for a network fail
     when the callback is prepared (at fit start), naming the network."""
@@ -62,8 +67,8 @@ def test_pretrained_feature_networks_add_their_frechet_distances(tiny_shards: Pa
     weights = {name: str(tmp_path / f"{name}.pt") for name in ("inception", "r2plus1d_18")}
     callback = GenerationEval(num_clips=2, vowel_classifier_clips=0, pretrained=weights)
     callback.prepare(model, conditions)
-    same = callback.scores(model, conditions, {"video": conditions.video, "audio": conditions.audio})
-    different = callback.scores(model, conditions, {"video": other.video, "audio": other.audio})
+    same = callback.scorer.score({"video": conditions.video, "audio": conditions.audio}, made_from=conditions, reference=conditions)
+    different = callback.scorer.score({"video": other.video, "audio": other.audio}, made_from=conditions, reference=conditions)
     for key in ("fd_inception", "fd_r2plus1d_18"):
         assert same[key] < 1e-6 * max(1.0, different[key]) and different[key] > 0, key  # identical sets: distance 0
     with pytest.raises(ValueError, match="pretrained 's3d' needs windows of at least 13 frames, the evaluation windows have 4 frames"):

@@ -1,4 +1,5 @@
-"""`lightning-mf evaluate` on a checkpoint: a reference row from real data, a row per mode, a JSON report."""
+"""`lightning-mf evaluate` on a checkpoint: reference rows (real data, real data of other characters, the first frame
+copied), a row per mode, a JSON report."""
 
 import json
 from pathlib import Path
@@ -15,16 +16,19 @@ from lightning_mf.spec import AVSpec
 from lightning_mf.tools.evaluate import parse_mode
 
 
-def _checkpoint(path: Path) -> Path:
+def _checkpoint(path: Path, **kwargs) -> Path:
     torch.manual_seed(0)
-    model = JointTraining(spec=AVSpec(), tower=TowerConfig(dim=32, depth=1, heads=2, vocab_size=32))
+    model = JointTraining(spec=AVSpec(), tower=TowerConfig(dim=32, depth=1, heads=2, vocab_size=32), **kwargs)
+    if model.ema is not None:
+        for p in model.ema.parameters():  # EMA and online weights differ, as after training
+            p.data.add_(0.3 * torch.randn_like(p))
     trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(model)
     trainer.save_checkpoint(path)
     return path
 
 
-def test_evaluate_writes_a_reference_row_and_one_row_per_mode(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_writes_reference_rows_and_one_row_per_mode(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt = _checkpoint(tmp_path / "joint.ckpt")
     report = tmp_path / "report.json"
     torch.save(SyncNet(AVSpec()).state_dict(), tmp_path / "syncnet.pt")  # untrained: only the plumbing is checked
@@ -32,10 +36,13 @@ def test_evaluate_writes_a_reference_row_and_one_row_per_mode(tiny_shards: Path,
         "evaluate", "--ckpt", str(ckpt), "--data", str(tiny_shards), "--modes", "[multi2, multi2heun]",
         "--num-clips", "2", "--window-chunks", "4", "--syncnet", str(tmp_path / "syncnet.pt"), "--out", str(report),
     ])
-    assert list(rows) == ["real (held-out)", "multi2", "multi2heun"]
-    assert all({"lse_d", "lse_c", "av_offset"} <= set(row) for row in rows.values())
-    real, generated = rows["real (held-out)"], rows["multi2"]
+    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "multi2", "multi2heun"]
+    assert all({"lse_d", "lse_c", "av_offset", "fd_motion", "video_timing_r", "audio_timing_r"} <= set(row) for row in rows.values())
+    real, others, static, generated = (rows[k] for k in ("real (held-out)", "real, other characters", "copy first frame", "multi2"))
     assert real["oracle_sync_corr"] > 0.8 and real["drift_mean"] < 1.0  # real clips are in sync and stable
+    assert real["video_timing_r"] > 0.9 and real["audio_timing_r"] > 0.9  # and follow their own transcripts
+    assert others["fd_frames"] == real["fd_frames"] and others["drift_mean"] > 10 * real["drift_mean"]  # not these characters
+    assert static["video_timing_r"] == static["audio_timing_r"] == 0.0 and static["fd_motion"] > 3 * real["fd_motion"]  # 2 clips
     assert generated["fd_frames"] > real["fd_frames"]  # an untrained model is far from the data
     assert json.loads(report.read_text())["rows"]["multi2"] == pytest.approx(generated)
     printed = capsys.readouterr().out
@@ -50,6 +57,22 @@ def test_evaluate_names_bad_arguments(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=f"unknown mode '{bad}'"):
             parse_mode(bad, 3.0, 3.0)
     assert ckpt.is_file()
+
+
+@pytest.mark.slow  # five evaluations: 25 s
+def test_evaluate_samples_the_weights_asked_for(tiny_shards: Path, tmp_path: Path) -> None:
+    args = ["--data", str(tiny_shards), "--modes", "[multi2]", "--num-clips", "2", "--window-chunks", "2"]
+    ckpt = str(_checkpoint(tmp_path / "joint.ckpt"))
+    runs = {w: run(["evaluate", "--ckpt", ckpt, *args, *(["--weights", w] if w else []), "--out", str(tmp_path / f"{w}.json")])
+            for w in (None, "ema", "online")}
+    scores = {w: {k: v for k, v in rows["multi2"].items() if k != "generate_seconds"} for w, rows in runs.items()}
+    assert scores[None] == scores["ema"] != scores["online"]  # the EMA by default
+    assert json.loads((tmp_path / "online.json").read_text())["weights"] == "online"
+    without = str(_checkpoint(tmp_path / "no_ema.ckpt", ema_decay=None))
+    with pytest.raises(ValueError, match="--weights ema: .*no_ema.ckpt has no EMA weights .*use --weights online"):
+        run(["evaluate", "--ckpt", without, *args, "--weights", "ema"])
+    run(["evaluate", "--ckpt", without, *args, "--out", str(tmp_path / "x.json")])
+    assert json.loads((tmp_path / "x.json").read_text())["weights"] == "online"
 
 
 def test_modes_parse_to_samplers_with_their_nfe() -> None:

@@ -20,6 +20,7 @@ from lightning_mf.metrics.frechet import (
     ClipFeatures,
     FrameFeatures,
     FrechetDistance,
+    MotionFeatures,
     frechet_distance,
 )
 
@@ -173,6 +174,17 @@ def test_clip_features_catch_frozen_video(real_and_held_out: dict[str, Tensor]) 
     assert fd["held"] < 0.2 * min(fd["blur"], fd["noise"], fd["frozen"]), fd
 
 
+def test_motion_features_cannot_be_won_by_copying_the_first_frame(real_and_held_out: dict[str, Tensor]) -> None:
+    """The static generator (the conditioning frame repeated) that FD frames rates as well as real data: FD motion
+    puts it far below held-out real windows."""
+    real, held = _windows(real_and_held_out["real_video"]), _windows(real_and_held_out["held_video"])
+    static = held[:, :1].expand_as(held)
+    fd = _distances(MotionFeatures(), real, {"held": held, "static": static, "noise": _noise(held)})
+    assert fd["held"] < 0.1 * min(fd["static"], fd["noise"]), fd
+    frames = _distances(FrameFeatures(), real.flatten(0, 1), {"held": held.flatten(0, 1), "static": static.flatten(0, 1)})
+    assert frames["static"] < 3 * frames["held"], frames  # the blind spot this metric covers
+
+
 def test_audio_features_rank_noise_and_lowpass_below_held_out(real_and_held_out: dict[str, Tensor]) -> None:
     real, held = real_and_held_out["real_audio"], real_and_held_out["held_audio"]  # (B, S)
     noisy = held + 0.02 * torch.randn(held.shape, generator=torch.Generator().manual_seed(2))
@@ -190,12 +202,12 @@ def _inputs(cls: type) -> Tensor:
     gen = torch.Generator().manual_seed(0)
     if cls is FrameFeatures:
         return torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=gen)
-    if cls is ClipFeatures:
+    if cls in (ClipFeatures, MotionFeatures):
         return torch.randint(0, 256, (2, 3, 3, 16, 16), dtype=torch.uint8, generator=gen)
     return torch.randn(2, 4000, generator=gen) * 0.1
 
 
-@pytest.mark.parametrize("cls", [FrameFeatures, ClipFeatures, AudioFeatures])
+@pytest.mark.parametrize("cls", [FrameFeatures, ClipFeatures, MotionFeatures, AudioFeatures])
 def test_user_weights_round_trip(cls: type, tmp_path: Path) -> None:
     x = _inputs(cls)
     torch.manual_seed(123)  # the default weights ignore the global RNG

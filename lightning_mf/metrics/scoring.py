@@ -1,0 +1,208 @@
+"""One scoring path for generated clips (METHOD §6): ``GenerationEval`` during training and ``lightning-mf evaluate``
+both call :class:`Scorer`, and :func:`reference_rows` gives every metric its floor and ceiling.
+
+Which question each metric answers (the floor and ceiling rows tell how to read it):
+
+- ``fd_frames`` / ``fd_clips`` / ``fd_motion`` / ``fd_audio`` (+ pretrained ``fd_<network>``): do the frames, short
+  clips, frame-to-frame motion and audio look like real data? FD frames cannot see motion (copying the first frame
+  wins it); FD motion can.
+- ``drift_*``: does the character keep its colours over the clip (against the frame it was conditioned on)?
+- ``video_timing_r`` / ``audio_timing_r`` (+ ``_lag``): does the mouth, and does the voice, start and stop with the
+  transcript it was given? (synthetic data: ground truth stored with each clip)
+- ``oracle_sync_*`` (synthetic) and ``lse_d`` / ``lse_c`` / ``av_offset`` (SyncNet): are the generated video and audio
+  in sync with each other?
+- ``vowel_error_rate`` / ``speech_frame_error``: are the right vowels said, and is the voice silent when the
+  transcript is (silence counted as a class)?
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lightning_mf.batch import AVBatch
+from lightning_mf.metrics.drift import IdentityDrift
+from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance, MotionFeatures
+from lightning_mf.metrics.lipsync import LipSync
+from lightning_mf.metrics.oracle import OracleSync
+from lightning_mf.metrics.pretrained import VIDEO_ARCHS, InceptionFeatures, VGGishFeatures, VideoNetFeatures
+from lightning_mf.metrics.timing import TranscriptTiming
+from lightning_mf.metrics.vowels import SpeechFrameErrorRate, VowelErrorRate, train_vowel_classifier
+from lightning_mf.models.syncnet import SyncNet
+from lightning_mf.spec import AVSpec
+
+__all__ = ["PRETRAINED", "Scorer", "copy_first_frame", "reference_rows"]
+
+PRETRAINED = {"inception", "vggish", *VIDEO_ARCHS}
+
+# Scoring runs on one process (rank 0 of a training run): a metric must not wait for the other ranks in compute()
+# (torchmetrics all-gathers states whenever torch.distributed is initialised), or DDP training hangs.
+LOCAL = {"sync_on_compute": False}
+
+
+class Scorer:
+    """Every metric that applies to the given modalities, for clips of one spec.
+
+    Args:
+        spec: rates and sizes of the clips.
+        modalities: the modalities generated (``video``, ``audio`` or both).
+        vowel_classifier_clips: synthetic clips that train the vowel classifier (0 disables the vowel metrics, e.g.
+            for real data whose tokens are not vowels).
+        syncnet_weights: a SyncNet state_dict or ``SyncNetTraining`` checkpoint; enables LSE-D/LSE-C/AV offset.
+        max_offset: LipSync offsets in frames (capped to fit the clips).
+        max_lag: lags searched by the oracle sync and the transcript timing, in frames.
+        pretrained: ``{network: weights file}`` of pretrained feature networks for extra Fréchet distances:
+            ``inception`` (frames), ``r3d_18``/``mc3_18``/``r2plus1d_18``/``s3d`` (whole clips) and ``vggish`` (whole
+            clips of audio, >= 0.975 s). Nothing is downloaded.
+    """
+
+    def __init__(
+        self, spec: AVSpec, modalities: tuple[str, ...], *, vowel_classifier_clips: int = 48, syncnet_weights: str | None = None,
+        max_offset: int = 15, max_lag: int = 4, pretrained: dict[str, str] | None = None,
+    ) -> None:
+        unknown = set(pretrained or {}) - PRETRAINED
+        if unknown:
+            raise ValueError(f"pretrained networks {sorted(unknown)} are unknown; choose from {sorted(PRETRAINED)}")
+        self.spec, self.modalities, self.max_offset, self.max_lag = spec, tuple(modalities), max_offset, max_lag
+        self.features: dict[str, nn.Module] = {
+            "frames": FrameFeatures(), "clips": ClipFeatures(), "motion": MotionFeatures(), "audio": AudioFeatures(spec.sample_rate),
+        }
+        for name, weights in (pretrained or {}).items():
+            self.features[name] = _pretrained(name, weights, spec.sample_rate)
+        self.vowels = train_vowel_classifier(spec, num_clips=vowel_classifier_clips) if "audio" in modalities and vowel_classifier_clips else None
+        self.syncnet = SyncNet(spec, weights=syncnet_weights).eval() if syncnet_weights is not None else None
+
+    def check_length(self, windows: AVBatch) -> None:
+        """Fail before any generation when the windows are too short for a pretrained network."""
+        frames, samples = windows.video.shape[1], windows.audio.shape[1]
+        for name, feature in self.features.items():
+            if frames < getattr(feature, "min_frames", 0) or samples < getattr(feature, "min_samples", 0):
+                need = f"{feature.min_frames} frames" if hasattr(feature, "min_frames") else f"{feature.min_samples} audio samples"
+                raise ValueError(
+                    f"pretrained {name!r} needs windows of at least {need}, the evaluation windows have {frames} frames / "
+                    f"{samples} samples; use longer windows (data.window_chunks) or drop {name!r}"
+                )
+
+    @torch.no_grad()
+    def score(self, media: dict[str, Tensor], made_from: AVBatch, reference: AVBatch, shown: AVBatch | None = None) -> dict[str, float]:
+        """Metrics of ``media`` ({modality: (B, T, 3, H, W) uint8 | (B, S)}).
+
+        Args:
+            media: the clips scored.
+            made_from: the clips whose first frames and transcripts the media were made from: drift is measured from
+                their first frames, timing and vowels against their transcripts and ground truth.
+            reference: real clips the Fréchet distances compare with.
+            shown: the clips whose characters the media show (their mouth colours, on synthetic data); default
+                ``made_from`` (a generator keeps the character it was conditioned on).
+        """
+        shown = made_from if shown is None else shown
+        out: dict[str, float] = {}
+        video, audio = media.get("video"), media.get("audio")
+        identities = [m.get("ground_truth", {}).get("identity") for m in shown.meta]
+        mouths = torch.tensor([i["mouth"] for i in identities], device=_device(media)) if all(identities) else None
+        truths = [m.get("ground_truth", {}).get("mouth_open") for m in made_from.meta]
+        if video is not None:
+            real_frames = reference.video.flatten(0, 1)  # (B*T, 3, H, W)
+            out["fd_frames"] = _frechet(self.features["frames"], real_frames, video.flatten(0, 1))
+            out["fd_clips"] = _frechet(self.features["clips"], _clip_windows(reference.video), _clip_windows(video))
+            out["fd_motion"] = _frechet(self.features["motion"], reference.video, video)
+            if "inception" in self.features:
+                out["fd_inception"] = _frechet(self.features["inception"], real_frames, video.flatten(0, 1))
+            for name in VIDEO_ARCHS:
+                if name in self.features:
+                    out[f"fd_{name}"] = _frechet(self.features[name], reference.video, video)
+            drift = IdentityDrift(fps=self.spec.fps, **LOCAL)
+            drift.update(video, made_from.video[:, 0].to(video.device))
+            out |= _floats(drift.compute())
+            if audio is not None and self.syncnet is not None:
+                max_offset = min(self.max_offset, video.shape[1] - 1)
+                lipsync = LipSync(self.syncnet.to(video.device), max_offset=max_offset, **LOCAL)
+                lipsync.update(video, audio)
+                out |= _floats(lipsync.compute())
+            if audio is not None and mouths is not None:
+                sync = OracleSync(self.spec.samples_per_frame, max_lag=min(self.max_lag, video.shape[1] - 3), **LOCAL)
+                sync.update(video, audio, mouths)
+                if float(sync.clips.sum()) > 0:  # else no clip has both a moving mouth and sound (copy first frame)
+                    out |= _floats(sync.compute())
+        if all(t is not None for t in truths):
+            timing = TranscriptTiming(self.spec.samples_per_frame, max_lag=min(self.max_lag, _frames(media, self.spec.samples_per_frame) - 3), **LOCAL)
+            timing.update(torch.tensor(truths, device=_device(media)), video=video, audio=audio, mouth_colour=mouths)
+            out |= _floats(timing.compute())
+        if audio is not None:
+            spf = self.spec.samples_per_frame
+            out["fd_audio"] = _frechet(self.features["audio"], _audio_windows(reference.audio, 4 * spf), _audio_windows(audio, 4 * spf))
+            if "vggish" in self.features:
+                out["fd_vggish"] = _frechet(self.features["vggish"], reference.audio, audio)
+            if self.vowels is not None:
+                transcripts = [m["transcript"] for m in made_from.meta]
+                vowel = VowelErrorRate(self.vowels.to(audio.device), **LOCAL)
+                vowel.update(audio, transcripts)
+                if int(vowel.total) > 0:
+                    out["vowel_error_rate"] = float(vowel.compute())
+                frames = SpeechFrameErrorRate(self.vowels.to(audio.device), **LOCAL)
+                frames.update(audio, transcripts)
+                if frames.rates:
+                    out |= _floats(frames.compute())
+        return out
+
+
+def copy_first_frame(clips: AVBatch, modalities: tuple[str, ...]) -> dict[str, Tensor]:
+    """The trivial generator: the conditioning frame held for the whole clip, and silence."""
+    media = {"video": clips.video[:, :1].expand_as(clips.video).contiguous(), "audio": torch.zeros_like(clips.audio)}
+    return {m: media[m] for m in modalities}
+
+
+def reference_rows(scorer: Scorer, conditions: AVBatch, others: AVBatch) -> dict[str, dict[str, float]]:
+    """The rows every metric is read between, for generation from ``conditions`` (real held-out clips) with
+    ``others`` (other real held-out clips, as many):
+
+    - ``real (held-out)``: real clips scored as if generated from themselves: what a perfect generator gets;
+    - ``real, other characters``: real clips of other characters scored against these conditions: perfect quality
+      that follows neither the first frame nor the transcript (the floor of drift and timing);
+    - ``copy first frame``: the conditioning frame held, with silence (the floor of every quality figure that
+      sees motion).
+    """
+    real_media = {m: getattr(others, m) for m in scorer.modalities}
+    return {
+        "real (held-out)": scorer.score(real_media, made_from=others, reference=conditions),
+        "real, other characters": scorer.score(real_media, made_from=conditions, reference=conditions, shown=others),
+        "copy first frame": scorer.score(copy_first_frame(conditions, scorer.modalities), made_from=conditions, reference=conditions),
+    }
+
+
+def _device(media: dict[str, Tensor]) -> torch.device:
+    return next(iter(media.values())).device
+
+
+def _frames(media: dict[str, Tensor], samples_per_frame: int) -> int:
+    return media["video"].shape[1] if "video" in media else media["audio"].shape[1] // samples_per_frame
+
+
+def _floats(values: dict[str, Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()}
+
+
+def _clip_windows(video: Tensor, frames: int = 4) -> Tensor:
+    """(B, T, 3, H, W) -> non-overlapping windows (B * T // frames, frames, 3, H, W): enough samples for a covariance."""
+    usable = video.shape[1] // frames * frames
+    return video[:, :usable].reshape(-1, frames, *video.shape[2:])
+
+
+def _audio_windows(audio: Tensor, samples: int) -> Tensor:
+    usable = audio.shape[1] // samples * samples
+    return audio[:, :usable].reshape(-1, samples)
+
+
+def _pretrained(name: str, weights: str, sample_rate: int) -> nn.Module:
+    if name == "inception":
+        return InceptionFeatures(weights)
+    if name == "vggish":
+        return VGGishFeatures(weights, sample_rate=sample_rate)
+    return VideoNetFeatures(weights, arch=name)
+
+
+def _frechet(feature: nn.Module, real: Tensor, fake: Tensor) -> float:
+    metric = FrechetDistance(feature.to(real.device), **LOCAL)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
