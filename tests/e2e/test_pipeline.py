@@ -35,10 +35,10 @@ def test_readme_main_command_runs_the_pipeline_and_reruns_from_its_results(tmp_p
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = tmp_path / "runs"
     table = first.stdout[first.stdout.rindex("=== done in"):]
-    assert re.search(r"metric\s+real \(held-out\)\s+few4\s+multi50", table)
-    assert re.search(r"nfe_per_chunk\s+-\s+4\s+100", table)
-    for metric in ("fd_frames", "fd_audio", "oracle_sync_corr"):
-        assert re.search(rf"^{metric}\s+\S+\s+\S+\s+\S+$", table, flags=re.M), metric
+    assert re.search(r"metric\s+real \(held-out\)\s+real, other characters\s+copy first frame\s+few4\s+multi50", table)
+    assert re.search(r"nfe_per_chunk(\s+-){3}\s+4\s+100", table)
+    for metric in ("fd_frames", "fd_motion", "fd_audio", "oracle_sync_corr", "video_timing_r", "audio_timing_r"):
+        assert re.search(rf"^{metric}(\s+\S+){{5}}$", table, flags=re.M), metric
     assert f"generated clip: {runs / 'generated.mp4'}" in table and f"tensorboard --logdir {runs}" in table
 
     assert decode_mp4((runs / "generated.mp4").read_bytes()).shape == (48, 32, 32, 3)  # 3 s at 16 fps: longer than 2 s clips

@@ -160,7 +160,7 @@ def test_readme_commands_run_and_leave_what_they_promise(readme_runs: tuple[Path
     assert (root / "runs" / "tiny" / "joint" / "config-test.yaml").is_file()
 
     rows = _result(results, "evaluate", "[multi50, multi25heun]")[0]
-    assert list(rows) == ["real (held-out)", "multi50", "multi25heun"]
+    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "multi50", "multi25heun"]
     assert json.loads((root / "report.json").read_text())["num_clips"] == 2
     with_sync = _result(results, "evaluate", "--syncnet")[0]
     assert {"lse_d", "lse_c", "av_offset"} <= set(with_sync["multi50"])
