@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
+from lightning_mf.metrics.intervals import mean_ci95
 from lightning_mf.metrics.oracle import palette
 
 __all__ = ["IdentityDrift", "colour_drift"]
@@ -58,7 +60,8 @@ def colour_drift(video: Tensor, tolerance: float = 40.0, reference: Tensor | Non
 
 
 class IdentityDrift(Metric):
-    """Mean colour drift from the first frame per time window, accumulated over clips (exact across DDP).
+    """Mean colour drift from the first frame per time window, accumulated over clips (exact across DDP), and the 95%
+    interval over clips of each clip's mean drift (``drift_mean_ci95``).
 
     Args:
         fps: frames per second of the clips (used with ``window_seconds``).
@@ -90,12 +93,14 @@ class IdentityDrift(Metric):
         self.fps, self.edges, self.in_seconds, self.tolerance = fps, edges, window_seconds is not None, tolerance
         self.add_state("drift_sum", torch.zeros(len(edges), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("frames", torch.zeros(len(edges), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("per_clip", default=[], dist_reduce_fx="cat")  # mean drift of each clip: the 95% interval
 
     @torch.no_grad()
     def update(self, video: Tensor, reference: Tensor | None = None) -> None:
         """Clips (B, T, 3, H, W) uint8, compared with ``reference`` frames (B, 3, H, W), by default their own first
         frames (pass the conditioning frames for generated clips)."""
         drift = colour_drift(video, self.tolerance, reference)  # (B, T)
+        self.per_clip.append(drift.double().mean(1))
         frames = drift.shape[1]
         start = torch.arange(frames, device=drift.device, dtype=torch.float64)
         position = start / self.fps if self.in_seconds else start / frames  # (T,) start time of each frame
@@ -113,4 +118,5 @@ class IdentityDrift(Metric):
         per_window = self.drift_sum / self.frames.clamp(min=1)
         out = {f"drift_w{i}": per_window[i].float() for i in range(len(self.edges))}
         out["drift_mean"] = (self.drift_sum.sum() / self.frames.sum()).float()
+        out["drift_mean_ci95"] = mean_ci95(dim_zero_cat(self.per_clip))[1].float()
         return out

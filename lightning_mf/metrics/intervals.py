@@ -1,11 +1,12 @@
-"""95% intervals for evaluation figures: a number means something only with its uncertainty over clips."""
+"""95% intervals for evaluation figures, and the tables that show them: a number means something only with its
+uncertainty over clips."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["mean_ci95"]
+__all__ = ["cell", "mean_ci95", "table"]
 
 
 def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -14,3 +15,21 @@ def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
     if values.numel() < 2:
         return values.mean(), torch.zeros((), dtype=values.dtype, device=values.device)
     return values.mean(), 1.96 * values.std() / values.numel() ** 0.5
+
+
+def cell(row: dict[str, float], metric: str) -> str:
+    """A table cell: ``value ± half-width`` when ``row`` has ``<metric>_ci95``, the value alone when not, ``-`` when
+    the row lacks the metric."""
+    if metric not in row:
+        return "-"
+    half = row.get(f"{metric}_ci95")
+    return f"{row[metric]:.4g}" if half is None else f"{row[metric]:.4g}±{half:.2g}"
+
+
+def table(rows: dict[str, dict[str, float]], metrics: list[str]) -> list[str]:
+    """Lines of a table: one line per metric, one column per row, each figure with its interval (:func:`cell`)."""
+    cells = {m: [cell(row, m) for row in rows.values()] for m in metrics}
+    first = max(len("metric"), *(len(m) for m in metrics)) + 2
+    widths = [max(12, len(name) + 2, *(len(cells[m][i]) + 2 for m in metrics)) for i, name in enumerate(rows)]
+    lines = ["metric".ljust(first) + "".join(name.rjust(w) for name, w in zip(rows, widths))]
+    return lines + [m.ljust(first) + "".join(c.rjust(w) for c, w in zip(cells[m], widths)) for m in metrics]

@@ -17,6 +17,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lightning_mf.metrics.intervals import mean_ci95
 
 __all__ = ["LipSync", "SyncEmbedder", "clip_scores", "offset_distances"]
 
@@ -52,7 +55,8 @@ def clip_scores(distances: Tensor) -> dict[str, Tensor]:
 
 
 class LipSync(Metric):
-    """LSE-D, LSE-C and AV offset, accumulated over batches and reduced across processes.
+    """LSE-D, LSE-C (means over clips, with 95% intervals ``lse_d_ci95``, ``lse_c_ci95``) and AV offset,
+    accumulated over batches and reduced across processes.
 
     Args:
         embedder: module with ``embed_video`` (B, T, 3, H, W) -> (B, T, E) and ``embed_audio`` (B, S) -> (B, T, E);
@@ -66,8 +70,8 @@ class LipSync(Metric):
     def __init__(self, embedder: nn.Module | None = None, max_offset: int = 15, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # torchmetrics options, e.g. sync_on_compute=False for rank-local use
         self.embedder, self.max_offset = embedder, max_offset
-        self.add_state("lse_d_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("lse_c_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("lse_d_clips", default=[], dist_reduce_fx="cat")  # per clip
+        self.add_state("lse_c_clips", default=[], dist_reduce_fx="cat")
         self.add_state("clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("distance_sum", torch.zeros(2 * max_offset + 1, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -81,16 +85,16 @@ class LipSync(Metric):
     def update_embeddings(self, video_emb: Tensor, audio_emb: Tensor) -> None:
         distances = offset_distances(video_emb.double(), audio_emb.double(), self.max_offset)  # (B, O)
         scores = clip_scores(distances)
-        self.lse_d_sum += scores["lse_d"].sum()
-        self.lse_c_sum += scores["lse_c"].sum()
+        self.lse_d_clips.append(scores["lse_d"])
+        self.lse_c_clips.append(scores["lse_c"])
         self.clips += distances.shape[0]
         self.distance_sum += distances.sum(dim=0)
 
     def compute(self) -> dict[str, Tensor]:
         if int(self.clips) == 0:
             raise ValueError("LipSync.compute called before any update")
+        (lse_d, lse_d_ci95), (lse_c, lse_c_ci95) = (mean_ci95(dim_zero_cat(v)) for v in (self.lse_d_clips, self.lse_c_clips))
         return {
-            "lse_d": (self.lse_d_sum / self.clips).float(),
-            "lse_c": (self.lse_c_sum / self.clips).float(),
+            "lse_d": lse_d.float(), "lse_d_ci95": lse_d_ci95.float(), "lse_c": lse_c.float(), "lse_c_ci95": lse_c_ci95.float(),
             "av_offset": torch.argmin(self.distance_sum) - self.max_offset,
         }

@@ -27,6 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lightning_mf.metrics.intervals import mean_ci95
 
 __all__ = ["OracleSync", "audio_energy", "best_lag", "lag_correlations", "mouth_opening", "palette"]
 
@@ -151,7 +154,8 @@ def best_lag(video_series: Tensor, audio_series: Tensor, max_lag: int) -> tuple[
 class OracleSync(Metric):
     """Correlation of measured mouth opening with audio RMS, at lag 0 and at the best lag, pooled over clips.
 
-    States are per-lag sums of per-clip correlations and counts, so the result is exact across batches and DDP.
+    States are per-lag sums of per-clip correlations and counts, so the result is exact across batches and DDP, and
+    the per-clip correlations at lag 0, for the 95% interval of ``oracle_sync_corr`` (``oracle_sync_corr_ci95``).
 
     Args:
         samples_per_frame: audio samples per video frame (``AVSpec.samples_per_frame``).
@@ -170,6 +174,7 @@ class OracleSync(Metric):
         self.samples_per_frame, self.max_lag = samples_per_frame, max_lag
         self.add_state("corr_sum", torch.zeros(2 * max_lag + 1, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("clips", torch.zeros(2 * max_lag + 1, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("at_zero", default=[], dist_reduce_fx="cat")  # per clip with a defined r at lag 0
 
     @torch.no_grad()
     def update(self, video: Tensor, audio: Tensor, mouth_colour: Tensor | None = None) -> None:
@@ -185,6 +190,7 @@ class OracleSync(Metric):
         corrs, valid = lag_correlations(opening, energy, self.max_lag)  # (B, 2L+1) each
         self.corr_sum += corrs.sum(0).to(self.corr_sum)
         self.clips += valid.sum(0).to(self.clips)
+        self.at_zero.append(corrs[valid[:, self.max_lag], self.max_lag].double())
 
     def compute(self) -> dict[str, Tensor]:
         if float(self.clips.sum()) == 0:
@@ -193,6 +199,7 @@ class OracleSync(Metric):
         index = torch.argmax(mean)
         return {
             "oracle_sync_corr": mean[self.max_lag].float(),
+            "oracle_sync_corr_ci95": mean_ci95(dim_zero_cat(self.at_zero))[1].float(),
             "oracle_sync_lag": (index - self.max_lag).long(),
             "oracle_sync_best_corr": mean[index].float(),
         }

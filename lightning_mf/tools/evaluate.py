@@ -16,6 +16,7 @@ import torch
 from lightning_mf.callbacks.generation_eval import take_windows
 from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.lit.base import FlowModule, SamplerConfig
+from lightning_mf.metrics.intervals import table
 from lightning_mf.metrics.scoring import Scorer, reference_rows
 
 __all__ = ["evaluate", "load_module", "parse_mode"]
@@ -119,11 +120,6 @@ def evaluate(
 
 
 def _print_table(rows: dict[str, dict[str, float]]) -> None:
-    """One line per metric, one column per row (the reference rows first)."""
-    metrics = sorted({k for row in rows.values() for k in row})
-    first = max(len(m) for m in metrics) + 2
-    widths = [max(12, len(name) + 2) for name in rows]
-    print("metric".ljust(first) + "".join(name.rjust(w) for name, w in zip(rows, widths)))
-    for m in metrics:
-        cells = [(f"{row[m]:.4g}" if m in row else "-").rjust(w) for row, w in zip(rows.values(), widths)]
-        print(m.ljust(first) + "".join(cells))
+    """One line per metric, one column per row (the reference rows first); ``value±half-width of its 95% interval``
+    where the metric has one."""
+    print("\n".join(table(rows, sorted({k for row in rows.values() for k in row if not k.endswith("_ci95")}))))

@@ -20,6 +20,7 @@ from lightning_mf.callbacks.generation_eval import take_windows
 from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.data.shards import read_index
 from lightning_mf.data.synthetic import PRESETS
+from lightning_mf.metrics.intervals import table
 from lightning_mf.tools import shards
 from lightning_mf.tools.evaluate import evaluate
 from lightning_mf.tools.generate import generate
@@ -146,12 +147,7 @@ def _conditions(preset: str, data: Path, out: Path) -> tuple[Path, Path]:
 
 def _summary(rows: dict[str, dict[str, float]], root: Path, timing: dict[str, float]) -> None:
     names = list(rows)  # the reference rows (ceiling, floors) first, then the modes (evaluate's order)
-    widths = [max(12, len(name) + 2) for name in names]
-    print("metric".ljust(20) + "".join(name.rjust(w) for name, w in zip(names, widths)))
-    for metric in SUMMARY:
-        if any(metric in rows[name] for name in names):
-            cells = (f"{rows[n][metric]:.4g}" if metric in rows[n] else "-" for n in names)
-            print(metric.ljust(20) + "".join(cell.rjust(w) for cell, w in zip(cells, widths)))
+    print("\n".join(table(rows, [m for m in SUMMARY if any(m in rows[name] for name in names)])))
     print(f"\ngenerated clip: {root / 'generated.mp4'} (+ .wav), {timing['duration_s']:g} s at {timing['fps']:.1f} frames/s streamed")
     print(f"evaluation:     {root / 'evaluation.json'}")
     print(f"TensorBoard:    tensorboard --logdir {root}")

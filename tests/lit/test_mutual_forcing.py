@@ -350,19 +350,24 @@ def test_dmd_pushes_samples_from_the_fake_score_toward_the_real_score(tiny_shard
     import lightning_mf.lit.mutual_forcing as module
 
     seen = {}
-    real_loss = module.dmd_loss
+    real_loss, real_integrate = module.dmd_loss, module.integrate
     monkeypatch.setattr(module, "dmd_loss", lambda sample, real_x0, fake_x0: seen.update(sample=sample, real=real_x0, fake=fake_x0) or real_loss(sample, real_x0, fake_x0))
-    model = _model(history="real")
+    monkeypatch.setattr(module, "integrate", lambda *args: seen.update(before_last=real_integrate(*args)) or seen["before_last"])
+    model = _model(history="real", dmd_steps=(4,), few_shift=3.0, dmd_levels=(0.3, 0.4))
     shared, fake = ConstantMulti(multi=0.7), ConstantMulti(multi=-0.5)
     model.fake = fake
     few, x0 = _stub_view(model, tiny_shards, shared)
     losses, sample = model.dmd(few, x0, torch.Generator().manual_seed(0))
     for m in x0:
         t = (seen["fake"][m] - seen["real"][m]) / (0.7 - -0.5)  # (B, N, C), one level per sample
-        assert bool((t > 0.01).all() and (t < 0.99).all())
+        assert bool((t >= 0.3 - 1e-6).all() and (t <= 0.4 + 1e-6).all())  # drawn in dmd_levels
         torch.testing.assert_close(t, t[:, :1, :1].expand_as(t))
         assert torch.equal(sample[m], seen["sample"][m].detach()) and not sample[m].requires_grad
+        x, step = seen["before_last"][m], grid(4, 3.0, few=True)[-1][1]
+        torch.testing.assert_close(sample[m], x - step * (0.1 * x + 0.3))  # the last jump, with the stub's velocity
     assert not fake.calls[-1][1] and float(fake.calls[-1][0].abs().max()) == 0.0  # the fake score: Multi mode, no grad
+    jumps = [float(d[0]) for d, _ in shared.calls if bool((d > 0).all())]  # the Few-mode sample's jumps, in order
+    assert jumps == pytest.approx([d for _, _, d in grid(4, 3.0, few=True)])  # dmd_steps (4,) on the few_shift grid
     sum(losses.values()).backward()
     assert shared.p.grad is not None and shared.p.grad.abs() > 0  # through the last Few jump
 
@@ -416,3 +421,74 @@ def test_the_step_loss_is_the_weighted_sum_of_its_terms(tiny_shards: Path, monke
     assert logged["train/fm"] == pytest.approx(logged["train/fm_video"] + 0.3 * logged["train/fm_audio"], rel=1e-5)
     expected = 0.7 * logged["train/fm"] + 2.0 * (0.25 * 3.5 + 0.5 * 5.1)
     assert logged["train/loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_fake_score_fits_each_micro_batch_by_flow_matching_from_its_own_seed(monkeypatch) -> None:
+    """Every update runs flow matching of the fake score on each micro-batch's sample with that micro-batch's
+    prefix, transcript, history, levels and the training window, seeded by (group, update); the loss is averaged
+    over micro-batches and ``L_video + audio_weight * L_audio``."""
+    import lightning_mf.lit.mutual_forcing as module
+    from lightning_mf.objectives.flow_matching import FlowMatchingResult
+
+    model = _model(fake_updates=2, audio_weight=0.3, window=2)
+    weight = model.fake.towers.video.embed.weight
+    calls = []
+
+    def fake_fm(net, seq, sample, prefix, cond, noise, history, window, levels):
+        calls.append((net, sample, prefix, cond, noise, history, window, levels, torch.initial_seed()))
+        k = len(calls)
+        errors = {"video": weight.sum() * 0 + torch.full((1, 2), float(k)), "audio": torch.full((1, 2), 10.0 * k)}
+        return FlowMatchingResult(errors=errors, levels={m: torch.zeros(1, 2) for m in errors})
+
+    monkeypatch.setattr(module, "teacher_forcing_flow_matching", fake_fm)
+    monkeypatch.setattr(model, "manual_backward", lambda loss: loss.backward())
+    batches = [(group, *(object() for _ in range(5))) for group in (0, 3)]  # (group, sample, prefix, cond, history, levels)
+    total = model.train_fake(torch.optim.SGD(model.fake.parameters(), lr=0.0), batches)
+    assert len(calls) == 4
+    for i, (net, sample, prefix, cond, noise, history, window, levels, seed) in enumerate(calls):
+        update, (group, *parts) = divmod(i, 2)[0], batches[i % 2]
+        assert net is model.fake and noise is model.noise and window == 2
+        assert [sample, prefix, cond, history, levels] == parts
+        assert seed == model.step_seed(group, stream=1 + update)
+    torch.testing.assert_close(total, torch.tensor(((3 + 0.3 * 30) + (4 + 0.3 * 40)) / 2))  # the last update's mean
+
+
+def test_the_fake_score_step_is_clipped(monkeypatch) -> None:
+    import lightning_mf.lit.mutual_forcing as module
+    from lightning_mf.objectives.flow_matching import FlowMatchingResult
+
+    model = _model(grad_clip=1e-3)
+    params = list(model.fake.parameters())
+    square = lambda *args: FlowMatchingResult(errors={"video": sum(p.pow(2).sum() for p in params)[None, None]}, levels={"video": torch.zeros(1, 1)})  # noqa: E731
+    monkeypatch.setattr(module, "teacher_forcing_flow_matching", square)
+    monkeypatch.setattr(model, "manual_backward", lambda loss: loss.backward())
+    before = [p.detach().clone() for p in params]
+    model.train_fake(torch.optim.SGD(params, lr=1.0), [(0, *(None,) * 5)])
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(params, before)))
+    torch.testing.assert_close(moved, torch.tensor(1e-3), rtol=1e-4, atol=0)  # the raw gradient 2 w is far larger
+
+
+def test_the_dmd_grid_is_chosen_by_the_control_generator(tiny_shards: Path) -> None:
+    model = _model(history="real", dmd_steps=(1, 2, 4, 8))
+    counts = []
+    for global_seed in (0, 1, 2):
+        torch.manual_seed(global_seed)
+        stub = ConstantMulti(multi=0.7)
+        model.fake = ConstantMulti(multi=-0.5)
+        few, x0 = _stub_view(model, tiny_shards, stub)
+        model.dmd(few, x0, torch.Generator().manual_seed(11))
+        counts.append(sum(bool((d > 0).all()) for d, _ in stub.calls))  # Few jumps taken
+    assert counts[0] == counts[1] == counts[2] == model._choose((1, 2, 4, 8), torch.Generator().manual_seed(11))
+
+
+def test_the_fake_score_loss_is_accumulated_on_the_modules_device(monkeypatch) -> None:
+    """(On a GPU the running total must live where the losses are: the meta device stands in for it here.)"""
+    import lightning_mf.lit.mutual_forcing as module
+    from lightning_mf.objectives.flow_matching import FlowMatchingResult
+
+    model = _model().to("meta")
+    weight = model.fake.towers.video.embed.weight
+    monkeypatch.setattr(module, "teacher_forcing_flow_matching", lambda *a: FlowMatchingResult({"video": weight.sum()[None, None]}, {"video": weight.new_zeros(1, 1)}))
+    monkeypatch.setattr(model, "manual_backward", lambda loss: loss.backward())
+    monkeypatch.setattr(model, "clip_or_skip", lambda optimizer, clip: True)
+    assert model.train_fake(torch.optim.SGD(model.fake.parameters(), lr=0.1), [(0, *(None,) * 5)]).device.type == "meta"

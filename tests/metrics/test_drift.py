@@ -69,6 +69,8 @@ def test_drift_accumulates_exactly_over_batches() -> None:
     halves.update(video[1:])
     a, b = whole.compute(), halves.compute()
     assert all(torch.allclose(a[k], b[k]) for k in a)
+    per_clip = colour_drift(video).double().mean(1)  # (B,)
+    assert torch.isclose(a["drift_mean_ci95"].double(), 1.96 * per_clip.std() / len(per_clip) ** 0.5, rtol=1e-5)
 
 
 def test_bad_inputs_name_what_was_expected() -> None:

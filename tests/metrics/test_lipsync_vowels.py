@@ -73,6 +73,7 @@ def test_per_clip_scores_find_each_clips_own_shift_and_average_to_the_metric() -
     overall = metric.compute()
     for key in ("lse_d", "lse_c"):
         assert torch.allclose(scores[key].mean().float(), overall[key], atol=1e-6), key
+        assert torch.allclose(1.96 * scores[key].std().float() / 3**0.5, overall[f"{key}_ci95"], atol=1e-6), key
 
 
 def test_offset_distances_checks_its_input() -> None:

@@ -85,6 +85,8 @@ def test_oracle_sync_accumulates_exactly_over_batches() -> None:
     a, b = whole.compute(), halves.compute()
     assert all(torch.allclose(a[k].double(), b[k].double(), atol=1e-6) for k in a)
     assert a["oracle_sync_corr"] > 0.8 and int(a["oracle_sync_lag"]) == 0
+    per_clip = lag_correlations(mouth_opening(video, mouth), audio_energy(audio, spf), 0)[0][:, 0]  # (B,) r at lag 0
+    assert torch.isclose(a["oracle_sync_corr_ci95"].double(), 1.96 * per_clip.std() / len(per_clip) ** 0.5, rtol=1e-4)
 
 
 def test_bad_inputs_name_what_was_expected() -> None:

@@ -11,7 +11,6 @@ import torch
 from helpers import delay_audio
 
 from lightning_mf.data.synthetic import PRESETS, synthesize_clip
-from lightning_mf.metrics.intervals import mean_ci95
 from lightning_mf.metrics.timing import TranscriptTiming
 from lightning_mf.metrics.vowels import SpeechFrameErrorRate, train_vowel_classifier
 
@@ -88,8 +87,3 @@ def test_the_frame_error_rate_counts_silence_as_a_class() -> None:
     voiced = [[{"token": "a", "start": 0.0, "end": 2.0}]] * len(transcripts)  # a transcript that never pauses
     assert rate(audio, voiced) > real + 0.2
 
-
-def test_mean_ci95_is_the_mean_with_two_standard_errors() -> None:
-    mean, half = mean_ci95(torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    assert float(mean) == 2.5 and abs(float(half) - 1.96 * (5 / 3) ** 0.5 / 2) < 1e-12  # sample std of 1..4: sqrt(5/3)
-    assert float(mean_ci95(torch.tensor([0.3]))[1]) == 0.0
