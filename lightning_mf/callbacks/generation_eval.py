@@ -4,7 +4,10 @@ The conditions (first frames and transcripts of the first ``num_clips`` validati
 start of fit, and every run uses the same seed, so numbers are comparable across steps and runs. Each configured
 mode (a :class:`~lightning_mf.lit.base.SamplerConfig`, e.g. Multi 50 steps + CFG, Few 4 jumps) generates the clips through the
 model's own streaming path; the metrics that apply to the model's modalities are logged as ``eval/<metric>_<mode>``
-and the first clip of each mode as a video (an animated GIF image, no moviepy needed) and an audio entry.
+and the first clip of each mode as a video (an animated GIF image, no moviepy needed) and an audio entry. When the
+validation split holds ``num_clips`` more windows, the floors and ceilings of every metric (``metrics.scoring.
+reference_rows``) are logged once, at the first evaluation, as ``eval/<metric>_<row>`` with rows ``real``,
+``real_other_characters`` and ``copy_first_frame``.
 Generation runs on global rank 0 only (no collectives), so it is safe under DDP; under FSDP (sharded weights: every
 forward gathers them collectively) every rank generates rank 0's conditions and rank 0 alone scores and logs.
 """
@@ -21,9 +24,11 @@ from torch import Tensor
 
 from lightning_mf.batch import AVBatch
 from lightning_mf.lit.base import FlowModule, SamplerConfig
-from lightning_mf.metrics.scoring import PRETRAINED, Scorer
+from lightning_mf.metrics.scoring import PRETRAINED, Scorer, reference_rows
 
 __all__ = ["GenerationEval", "gif_summary", "take_windows"]
+
+REFERENCE_TAGS = {"real (held-out)": "real", "real, other characters": "real_other_characters", "copy first frame": "copy_first_frame"}
 
 
 def gif_summary(tag: str, frames: Tensor, fps: int) -> Any:
@@ -71,6 +76,7 @@ class GenerationEval(L.Callback):
             raise ValueError(f"GenerationEval: pretrained networks {sorted(unknown)} are unknown; choose from {sorted(PRETRAINED)}")
         self.pretrained = dict(pretrained or {})
         self.conditions: AVBatch | None = None
+        self.others: AVBatch | None = None  # more held-out windows, for the reference rows (logged once)
         self.scorer: Scorer | None = None
         self.last: dict[str, float] = {}
         self.last_step: int | None = None
@@ -83,6 +89,10 @@ class GenerationEval(L.Callback):
             conditions = trainer.strategy.broadcast(conditions, src=0)
         if trainer.is_global_zero:
             self.prepare(pl_module, conditions)
+            try:
+                self.others = take_windows(trainer.datamodule.val_dataloader(), self.num_clips, skip=self.num_clips)
+            except ValueError:
+                self.others = None  # too few held-out windows: no reference rows
         else:
             self.conditions = conditions  # None unless sharded: then this rank only helps generate
 
@@ -125,6 +135,10 @@ class GenerationEval(L.Callback):
             if self.log_media:
                 self._log_media(trainer, pl_module, name, media)
         pl_module.train(was_training)
+        if scoring and self.others is not None:  # the floors and ceilings, once
+            for row, metrics in reference_rows(self.scorer, real, self.others.to(pl_module.device)).items():
+                scalars |= {f"eval/{metric}_{REFERENCE_TAGS[row]}": value for metric, value in metrics.items()}
+            self.others = None
         if scoring:
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)

@@ -37,6 +37,10 @@ def test_generation_eval_logs_scalars_video_and_audio(tiny_shards: Path, tmp_pat
     events = EventAccumulator(str(tmp_path / "eval"), size_guidance={"scalars": 0, "images": 0, "audio": 0}).Reload()
     assert "eval/fd_frames_multi2" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("eval/fd_frames_multi2")] == [2]  # step 2, and not again at fit end
+    last = callback.last  # the floors and ceilings, from the next 2 held-out windows
+    assert last["eval/video_timing_r_real"] > 0.9 and last["eval/audio_timing_r_real"] > 0.9
+    assert last["eval/fd_motion_copy_first_frame"] > 3 * last["eval/fd_motion_real"]
+    assert last["eval/drift_mean_real_other_characters"] > 10 * last["eval/drift_mean_real"]
     gif = events.Images("eval/video_multi2")[-1]
     assert gif.encoded_image_string[:6] == b"GIF89a" and (gif.width, gif.height) == (32, 32)  # 8 frames, animated
     audio = events.Audio("eval/audio_multi2")[-1]

@@ -343,25 +343,42 @@ def test_the_shortcut_loss_is_the_squared_error_of_the_prediction_against_its_ta
         torch.testing.assert_close(loss, (0.1 * x + 0.3 - 2.0).pow(2).mean())  # the stub's jump velocity vs the target
 
 
-def test_dmd_pushes_samples_from_the_fake_score_toward_the_real_score(tiny_shards: Path, monkeypatch) -> None:
+class RecordLevels(ConstantMulti):
+    """ConstantMulti that also records the noise level of the last token (the noisy chunk) of each sample."""
+
+    def __init__(self, multi: float) -> None:
+        super().__init__(multi)
+        self.levels: list[torch.Tensor] = []
+
+    def forward(self, tokens, d=0.0, **kwargs):
+        self.levels.append(next(iter(tokens.values())).s[:, -1].clone())
+        return super().forward(tokens, d=d, **kwargs)
+
+
+@pytest.mark.parametrize("real_score", ["shared", "frozen"])
+def test_dmd_pushes_samples_from_the_fake_score_toward_the_real_score(tiny_shards: Path, monkeypatch, real_score: str) -> None:
     """With a real score of constant velocity r and a fake score of constant velocity f, the x0 estimates of the same
     re-noised sample differ by exactly ``fake_x0 - real_x0 = t (r - f)``, with t > 0 the re-noising level: a sign
-    error, swapped scores or a fake score that is the shared model itself all break that."""
+    error, swapped scores or a fake score that is the shared model itself all break that. The real score is the
+    shared model's Multi mode, or the frozen teacher when there is one."""
     import lightning_mf.lit.mutual_forcing as module
 
     seen = {}
     real_loss, real_integrate = module.dmd_loss, module.integrate
     monkeypatch.setattr(module, "dmd_loss", lambda sample, real_x0, fake_x0: seen.update(sample=sample, real=real_x0, fake=fake_x0) or real_loss(sample, real_x0, fake_x0))
     monkeypatch.setattr(module, "integrate", lambda *args: seen.update(before_last=real_integrate(*args)) or seen["before_last"])
-    model = _model(history="real", dmd_steps=(4,), few_shift=3.0, dmd_levels=(0.3, 0.4))
-    shared, fake = ConstantMulti(multi=0.7), ConstantMulti(multi=-0.5)
-    model.fake = fake
+    model = _model(history="real", dmd_steps=(4,), few_shift=3.0, dmd_levels=(0.3, 0.4), real_score=real_score)
+    shared, fake = ConstantMulti(multi=0.7), RecordLevels(multi=-0.5)
+    model.fake, r = fake, 0.7
+    if real_score == "frozen":
+        model.teacher, r = ConstantMulti(multi=0.2), 0.2
     few, x0 = _stub_view(model, tiny_shards, shared)
     losses, sample = model.dmd(few, x0, torch.Generator().manual_seed(0))
     for m in x0:
-        t = (seen["fake"][m] - seen["real"][m]) / (0.7 - -0.5)  # (B, N, C), one level per sample
+        t = (seen["fake"][m] - seen["real"][m]) / (r - -0.5)  # (B, N, C), one level per sample
         assert bool((t >= 0.3 - 1e-6).all() and (t <= 0.4 + 1e-6).all())  # drawn in dmd_levels
         torch.testing.assert_close(t, t[:, :1, :1].expand_as(t))
+        torch.testing.assert_close(fake.levels[-1], t[:, 0, 0])  # the fake score is asked at that level
         assert torch.equal(sample[m], seen["sample"][m].detach()) and not sample[m].requires_grad
         x, step = seen["before_last"][m], grid(4, 3.0, few=True)[-1][1]
         torch.testing.assert_close(sample[m], x - step * (0.1 * x + 0.3))  # the last jump, with the stub's velocity
