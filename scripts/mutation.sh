@@ -65,12 +65,13 @@ PY
 }
 
 if [[ "${1:-}" != "--score" ]]; then
+    WORKERS="${MUTATION_WORKERS:-$(getconf _NPROCESSORS_ONLN)}"  # (nproc would follow OMP_NUM_THREADS below)
     # Workers are forked from a process that has run torch: one thread each, or its thread pools can deadlock them.
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
     if [[ "${1:-}" == "--unkilled" ]]; then
         mapfile -t PATTERNS < <(report --unkilled)
         ((${#PATTERNS[@]})) || { echo "every mutant of the core was killed"; exit 0; }
     elif (($#)); then PATTERNS=("$@"); else PATTERNS=("${CORE[@]}"); fi
-    .venv/bin/mutmut run --max-children "${MUTATION_WORKERS:-$(nproc)}" "${PATTERNS[@]}"
+    .venv/bin/mutmut run --max-children "$WORKERS" "${PATTERNS[@]}"
 fi
 report --score
