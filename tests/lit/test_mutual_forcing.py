@@ -509,3 +509,49 @@ def test_the_fake_score_loss_is_accumulated_on_the_modules_device(monkeypatch) -
     monkeypatch.setattr(model, "manual_backward", lambda loss: loss.backward())
     monkeypatch.setattr(model, "clip_or_skip", lambda optimizer, clip: True)
     assert model.train_fake(torch.optim.SGD(model.fake.parameters(), lr=0.1), [(0, *(None,) * 5)]).device.type == "meta"
+
+
+@pytest.mark.parametrize("fm_weight", [1.0, 0.0])
+def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, monkeypatch, fm_weight: float) -> None:
+    """The rollout gets the step's prefix, transcript and control generator; its history and levels (and the
+    training window) reach flow matching and the Few-mode view that ShortCut and DMD use; a term weighted 0 is not
+    computed."""
+    import lightning_mf.lit.mutual_forcing as module
+    from lightning_mf.objectives.flow_matching import FlowMatchingResult
+
+    model = _model(fm_weight=fm_weight, window=2, ctx_s=0.1)
+    seen: dict[str, tuple] = {}
+    history, levels = object(), object()
+    one = model.net.towers.video.embed.weight.sum() * 0 + 1
+
+    def rollout(x0, count, prefix, cond, ctl):
+        seen["rollout"] = (x0, count, prefix, cond, ctl)
+        return history, levels
+
+    def fm(net, seq, x0, prefix, cond, noise, hist, window, lev):
+        seen["fm"] = (net, hist, window, lev, noise, cond)
+        return FlowMatchingResult({"video": one[None, None]}, {"video": torch.zeros(1, 1)})
+
+    class View:
+        def __init__(self, *args):
+            seen["few"] = args
+
+    monkeypatch.setattr(model, "rollout", rollout)
+    monkeypatch.setattr(module, "teacher_forcing_flow_matching", fm)
+    monkeypatch.setattr(module, "TeacherForced", View)
+    monkeypatch.setattr(model, "shortcut", lambda few, x0, ctl: seen.update(sc=(few, ctl)) or {"video": one})
+    monkeypatch.setattr(model, "dmd", lambda few, x0, ctl: seen.update(dmd=(few, ctl)) or ({"video": one}, None))
+    monkeypatch.setattr(model, "prefix", lambda batch: "the prefix")
+    monkeypatch.setattr(model, "condition", lambda batch, dropout=0.0: ("the transcript", dropout))
+    _trainer(1).fit(model, _datamodule(tiny_shards))
+    x0, count, prefix, cond, ctl = seen["rollout"]
+    assert prefix == "the prefix" and cond == ("the transcript", 0.0) and isinstance(ctl, torch.Generator)
+    assert x0["video"].shape[1] == count * model.seq.tokens_per_chunk("video")
+    net, seq, hist, prefix, cond, lev, window = seen["few"]
+    assert net is model.net and (hist, prefix, cond, lev, window) == (history, "the prefix", ("the transcript", 0.0), levels, 2)
+    assert seen["sc"][1] is ctl and seen["dmd"][1] is ctl
+    assert isinstance(seen["sc"][0], View) and seen["sc"][0] is seen["dmd"][0]
+    if fm_weight:
+        assert seen["fm"] == (model.net, history, 2, levels, model.noise, ("the transcript", model.cfg_dropout))
+    else:
+        assert "fm" not in seen
