@@ -511,15 +511,15 @@ def test_the_fake_score_loss_is_accumulated_on_the_modules_device(monkeypatch) -
     assert model.train_fake(torch.optim.SGD(model.fake.parameters(), lr=0.1), [(0, *(None,) * 5)]).device.type == "meta"
 
 
-@pytest.mark.parametrize("fm_weight", [1.0, 0.0])
-def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, monkeypatch, fm_weight: float) -> None:
+@pytest.mark.parametrize("off", [None, "fm", "sc", "dmd"])
+def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, monkeypatch, off: str | None) -> None:
     """The rollout gets the step's prefix, transcript and control generator; its history and levels (and the
     training window) reach flow matching and the Few-mode view that ShortCut and DMD use; a term weighted 0 is not
     computed."""
     import lightning_mf.lit.mutual_forcing as module
     from lightning_mf.objectives.flow_matching import FlowMatchingResult
 
-    model = _model(fm_weight=fm_weight, window=2, ctx_s=0.1)
+    model = _model(window=2, ctx_s=0.1, **({f"{off}_weight": 0.0} if off else {}))
     seen: dict[str, tuple] = {}
     history, levels = object(), object()
     one = model.net.towers.video.embed.weight.sum() * 0 + 1
@@ -549,9 +549,42 @@ def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, mo
     assert x0["video"].shape[1] == count * model.seq.tokens_per_chunk("video")
     net, seq, hist, prefix, cond, lev, window = seen["few"]
     assert net is model.net and (hist, prefix, cond, lev, window) == (history, "the prefix", ("the transcript", 0.0), levels, 2)
-    assert seen["sc"][1] is ctl and seen["dmd"][1] is ctl
-    assert isinstance(seen["sc"][0], View) and seen["sc"][0] is seen["dmd"][0]
-    if fm_weight:
+    assert set(seen) == {"rollout", "few", "fm", "sc", "dmd"} - {off}  # a term weighted 0 is not computed
+    for term in {"sc", "dmd"} - {off}:
+        assert isinstance(seen[term][0], View) and seen[term][1] is ctl
+    if off != "fm":
         assert seen["fm"] == (model.net, history, 2, levels, model.noise, ("the transcript", model.cfg_dropout))
-    else:
-        assert "fm" not in seen
+
+
+def _quadratic_terms(model: MutualForcing, monkeypatch) -> None:
+    """Replace every loss term by ``sum w^2`` of the shared model: the same for any batch, with a known gradient."""
+    import lightning_mf.lit.mutual_forcing as module
+    from lightning_mf.objectives.flow_matching import FlowMatchingResult
+
+    square = lambda: sum(p.pow(2).sum() for p in model.net.parameters())  # noqa: E731
+    monkeypatch.setattr(model, "rollout", lambda *args: (None, None))
+    monkeypatch.setattr(module, "TeacherForced", lambda *args: None)  # no distillation term uses it (sd_weight 0)
+    monkeypatch.setattr(module, "teacher_forcing_flow_matching", lambda *args: FlowMatchingResult({"video": square()[None, None]}, {"video": torch.zeros(1, 1)}))
+
+
+def test_manual_accumulation_averages_the_micro_batches_and_steps_once(tiny_shards: Path, monkeypatch) -> None:
+    """Stage 3 accumulates by hand: 2 micro-batches of the same loss make the step of 1 (plain SGD, no clipping)."""
+    steps = {}
+    for accumulate in (1, 2):
+        model = _model(fm_weight=1.0, sd_weight=0.0, accumulate=accumulate, grad_clip=None, ema_decay=None,
+                       optimizer=partial(torch.optim.SGD, lr=0.1))
+        _quadratic_terms(model, monkeypatch)
+        before = [p.detach().clone() for p in model.net.parameters()]
+        _trainer(1).fit(model, _datamodule(tiny_shards))
+        steps[accumulate] = [p.detach() - b for p, b in zip(model.net.parameters(), before)]
+    for one, two in zip(steps[1], steps[2]):
+        torch.testing.assert_close(two, one)  # w <- w - 0.1 * 2 w once: a sum, or a step per micro-batch, differs
+    assert any(s.abs().max() > 1e-3 for s in steps[1])
+
+
+def test_the_learning_rate_schedule_steps_once_per_training_step(tiny_shards: Path, monkeypatch) -> None:
+    model = _model(fm_weight=1.0, sd_weight=0.0, scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    _quadratic_terms(model, monkeypatch)
+    trainer = _trainer(3)
+    trainer.fit(model, _datamodule(tiny_shards))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-5 * 0.5**3)  # the paper's AdamW lr, halved 3 times
