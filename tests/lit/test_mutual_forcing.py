@@ -438,6 +438,8 @@ def test_the_step_loss_is_the_weighted_sum_of_its_terms(tiny_shards: Path, monke
     assert logged["train/fm"] == pytest.approx(logged["train/fm_video"] + 0.3 * logged["train/fm_audio"], rel=1e-5)
     expected = 0.7 * logged["train/fm"] + 2.0 * (0.25 * 3.5 + 0.5 * 5.1)
     assert logged["train/loss"] == pytest.approx(expected, rel=1e-5)
+    assert set(trainer.progress_bar_metrics) == {"train/loss"}  # the progress bar shows the loss
+    assert logged["train/chunks"] == 3.0  # the chunks this step trained (model.chunks is None: all of the window)
 
 
 def test_the_fake_score_fits_each_micro_batch_by_flow_matching_from_its_own_seed(monkeypatch) -> None:
