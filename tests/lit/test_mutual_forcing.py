@@ -590,3 +590,10 @@ def test_the_learning_rate_schedule_steps_once_per_training_step(tiny_shards: Pa
     trainer = _trainer(3)
     trainer.fit(model, _datamodule(tiny_shards))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-5 * 0.5**3)  # the paper's AdamW lr, halved 3 times
+
+
+@pytest.mark.parametrize(("accumulate", "batches"), [(2, 3), (3, 4)])
+def test_accumulation_must_divide_an_epochs_batches(tiny_shards: Path, accumulate: int, batches: int) -> None:
+    data = AVDataModule(root=str(tiny_shards), spec=AVSpec(), window_chunks=3, batch_size=4, batches_per_epoch=batches)
+    with pytest.raises(ValueError, match=rf"model.accumulate={accumulate} does not divide the {batches} training batches"):
+        _trainer(1).fit(_model(accumulate=accumulate), data)
