@@ -141,17 +141,20 @@ def test_with_no_self_distillation_and_real_history_it_is_exactly_stage_2(tiny_s
 
 
 def test_control_flow_choices_are_identical_across_ranks_and_vary_across_steps() -> None:
-    model = _model(chunks=(1, 3), rollout_steps=(2, 4, 8))
+    model = _model(chunks=(1, 2), rollout_steps=(2, 4, 8))
     draws = []
     for rank_seed in (0, 1):  # two "ranks": different global RNG states
         torch.manual_seed(rank_seed)
         per_step = []
-        for step in range(12):
+        for step in range(24):
             ctl = model.control(step)
             per_step.append((model._crop({"video": torch.zeros(1, 3 * 16, 1)}, 3, ctl)[1], model._choose((2, 4, 8), ctl)))
         draws.append(per_step)
     assert draws[0] == draws[1]
     assert len(set(draws[0])) > 2  # lengths and grids really vary
+    assert {count for count, _ in draws[0]} == {1, 2} and {grid for _, grid in draws[0]} == {2, 4, 8}  # all, and only, these
+    cropped = model._crop({"video": torch.arange(48.0).view(1, 48, 1)}, 3, model.control(0))
+    assert torch.equal(cropped[0]["video"], torch.arange(16.0 * cropped[1]).view(1, -1, 1))  # the window's first chunks
 
 
 def test_a_frozen_real_score_stays_frozen_and_bad_options_are_named(tiny_shards: Path) -> None:
@@ -595,5 +598,6 @@ def test_the_learning_rate_schedule_steps_once_per_training_step(tiny_shards: Pa
 @pytest.mark.parametrize(("accumulate", "batches"), [(2, 3), (3, 4)])
 def test_accumulation_must_divide_an_epochs_batches(tiny_shards: Path, accumulate: int, batches: int) -> None:
     data = AVDataModule(root=str(tiny_shards), spec=AVSpec(), window_chunks=3, batch_size=4, batches_per_epoch=batches)
-    with pytest.raises(ValueError, match=rf"model.accumulate={accumulate} does not divide the {batches} training batches"):
+    message = rf"model.accumulate={accumulate} does not divide the {batches} training batches .* set data.batches_per_epoch to a multiple"
+    with pytest.raises(ValueError, match=message):
         _trainer(1).fit(_model(accumulate=accumulate), data)
