@@ -601,3 +601,26 @@ def test_accumulation_must_divide_an_epochs_batches(tiny_shards: Path, accumulat
     message = rf"model.accumulate={accumulate} does not divide the {batches} training batches .* set data.batches_per_epoch to a multiple"
     with pytest.raises(ValueError, match=message):
         _trainer(1).fit(_model(accumulate=accumulate), data)
+
+
+def test_stage_3_refuses_ddp_that_expects_every_parameter_and_fp16_loss_scaling() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    model = _model()
+    model.run_seed = 0  # as on a resumed run: no seed broadcast
+
+    def start(strategy, precision=SimpleNamespace()) -> None:
+        model._trainer = SimpleNamespace(strategy=strategy, precision_plugin=precision)
+        model.on_fit_start()
+
+    start(DDPStrategy(find_unused_parameters=True))
+    start(SingleDeviceStrategy("cpu"), SimpleNamespace(scaler=None))
+    ddp = r"^MutualForcing under DDP needs trainer.strategy: ddp_find_unused_parameters_true \(each backward uses only some"
+    for strategy in (DDPStrategy(), DDPStrategy(find_unused_parameters=False)):
+        with pytest.raises(ValueError, match=ddp + r" networks: shared model, then fake score\); or use ModelParallelStrategy \(FSDP2\)"):
+            start(strategy)
+    fp16 = r"^MutualForcing supports precision 32 and bf16-mixed, not fp16 with loss scaling \(use bf16-mixed\)$"
+    with pytest.raises(ValueError, match=fp16):
+        start(SingleDeviceStrategy("cpu"), SimpleNamespace(scaler=torch.amp.GradScaler("cpu")))
