@@ -619,7 +619,7 @@ def test_stage_3_refuses_ddp_that_expects_every_parameter_and_fp16_loss_scaling(
     start(SingleDeviceStrategy("cpu"), SimpleNamespace(scaler=None))
     ddp = r"^MutualForcing under DDP needs trainer.strategy: ddp_find_unused_parameters_true \(each backward uses only some"
     for strategy in (DDPStrategy(), DDPStrategy(find_unused_parameters=False)):
-        with pytest.raises(ValueError, match=ddp + r" networks: shared model, then fake score\); or use ModelParallelStrategy \(FSDP2\)"):
+        with pytest.raises(ValueError, match=ddp + r" networks: shared model, then fake score\); or use ModelParallelStrategy \(FSDP2\)$"):
             start(strategy)
     fp16 = r"^MutualForcing supports precision 32 and bf16-mixed, not fp16 with loss scaling \(use bf16-mixed\)$"
     with pytest.raises(ValueError, match=fp16):
