@@ -35,7 +35,7 @@ def test_faithful_clips_do_not_drift(preset: str) -> None:
     metric = IdentityDrift(fps=PRESETS[preset].spec.fps)
     metric.update(_video(preset))
     result = metric.compute()
-    assert set(result) == {"drift_w0", "drift_w1", "drift_w2", "drift_mean"}
+    assert set(result) == {"drift_w0", "drift_w1", "drift_w2", "drift_mean", "drift_mean_ci95"}
     assert all(float(v) < STABLE for v in result.values())
 
 
