@@ -45,6 +45,7 @@ def test_fit_help_is_lightning_cli_with_the_datamodule(capsys: pytest.CaptureFix
     assert "--data.root" in out and "--data.window_chunks" in out and "--trainer.max_steps" in out
 
 
+@pytest.mark.slow  # a subprocess that imports everything and writes shards: 10 s
 def test_console_script_runs_a_tool_and_exits_zero(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "lightning-mf"
     command = [str(script), "shards", "synthetic", "--num-clips", "2", "--out", str(tmp_path / "s")]
