@@ -210,8 +210,11 @@ def test_integrate_handles_several_modalities_without_touching_the_input() -> No
     x = noise({"video": (3, 4, 3), "audio": (3, 2, 1)})
     before = {m: v.clone() for m, v in x.items()}
     levels: list[tuple[int, float]] = []
-    record = lambda i, s, _: levels.append((i, s))  # noqa: E731
+    states: list[dict[str, torch.Tensor]] = []
+    record = lambda i, s, state: levels.append((i, s)) or states.append(state)  # noqa: E731
     out = integrate(field(TWO_MODALITIES), x, grid(3, 2.0, few=False), heun=True, callback=record)
     assert out is not x and set(out) == {"video", "audio"}
     assert all(torch.equal(x[m], before[m]) and out[m].shape == x[m].shape for m in x)
     assert [i for i, _ in levels] == [0, 1, 2] and levels[-1][1] == 0.0
+    assert states[-1] is out  # the callback sees each step's state, the last one being the result
+    assert not torch.equal(states[0]["video"], out["video"])

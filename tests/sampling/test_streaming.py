@@ -88,3 +88,19 @@ def test_network_evaluations_per_chunk_are_what_nfe_reports_plus_the_cache_write
     caches = 2 if sampler.guidance != 1.0 else 1  # the unconditional branch of CFG keeps its own cache
     assert calls.count(True) == caches * (1 + 3)  # the prefix, then every chunk, into each cache
     assert calls.count(False) == 3 * sampler.nfe()
+
+
+def test_a_transcript_given_per_chunk_reaches_each_chunk() -> None:
+    """``cond`` may be a function of the chunk index (long streams: the words near each chunk); a constant function
+    streams exactly like the transcript itself, and each chunk gets its own index."""
+    net, seq = _model(("video", "audio"))
+    prefix = seq.prefix(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    cond = Cond.from_transcripts([[{"token": "a", "start": 0.0, "end": 0.3}]], 16)
+    sample = partial(integrate, grid=grid(2, 1.0, few=False))
+    asked: list[int] = []
+    run = lambda c: list(stream(net, seq, sample, num_chunks=3, batch=1, prefix=prefix, cond=c, generator=torch.Generator().manual_seed(1)))  # noqa: E731
+    direct, per_chunk = run(cond), run(lambda k: asked.append(k) or cond)
+    assert sorted(set(asked)) == [1, 2, 3]
+    for a, b in zip(direct, per_chunk):
+        assert all(torch.equal(a[m], b[m]) for m in a)
+    assert any(not torch.equal(a[m], b[m]) for a, b in zip(direct, run(None)) for m in a)  # the transcript matters
