@@ -115,10 +115,10 @@ def headline(runs: Path, data: str, seeds: list[int], clips: int, syncnet: str |
     header = "| model | mode | NFE/chunk | gen time | " + " | ".join(label for _, label in present) + " |"
     lines = [header, "|" + "---|" * (4 + len(present))]
     for row, scores in reference.items():  # the ceiling and the floors of every metric
-        lines.append(f"| {row} | - | - | - | " + " | ".join(_cell([r[k] for r in scores]) if k in scores[0] else "-" for k, _ in present) + " |")
+        lines.append(f"| {row} | - | - | - | " + " | ".join(_cell(scores, k) for k, _ in present) + " |")
     for (name, mode), rows in results.items():
         seconds = statistics.mean(r["generate_seconds"] for r in rows)
-        cells = [_cell([r[k] for r in rows]) if k in rows[0] else "-" for k, _ in present]
+        cells = [_cell(rows, k) for k, _ in present]
         lines.append(f"| {name} | {mode} | {int(rows[0]['nfe_per_chunk'])} | {seconds:.2f} s ({base_seconds / seconds:.1f}x) | " + " | ".join(cells) + " |")
     command = f"python benchmarks/mutual_forcing.py headline --runs {runs} --data {data} --seeds {' '.join(map(str, seeds))} --clips {clips}"
     return command, "\n".join(lines)
@@ -161,10 +161,16 @@ def long_drift(runs: Path, data: str, clips: int, seconds: float, window: int, o
     return command, "\n".join(lines)
 
 
-def _cell(values: list[float]) -> str:
-    mean = statistics.mean(values)
+def _cell(rows: list[dict[str, float]], key: str) -> str:
+    """``mean ± 95% interval over clips (sd over seeds)``: the interval is the mean of each seed's interval (bootstrap
+    for the Fréchet distances, 1.96 standard errors for the rest)."""
+    if key not in rows[0]:
+        return "-"
+    values = [r[key] for r in rows]
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3g} ± {spread:.2g}"
+    intervals = [r[f"{key}_ci95"] for r in rows if f"{key}_ci95" in r]
+    interval = f" ± {statistics.mean(intervals):.2g}" if intervals else ""
+    return f"{statistics.mean(values):.3g}{interval} (sd {spread:.2g})"
 
 
 def main() -> None:
@@ -177,7 +183,7 @@ def main() -> None:
     p_head.add_argument("--runs", type=Path, default=Path("runs/tiny"))
     p_head.add_argument("--data", default="data/bench")
     p_head.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p_head.add_argument("--clips", type=int, default=12)
+    p_head.add_argument("--clips", type=int, default=32, help="whole held-out clips generated (the data needs twice as many)")
     p_head.add_argument("--syncnet", default=None)
     p_head.add_argument("--write", type=Path, default=None)
     p_long = sub.add_parser("long")
@@ -212,8 +218,8 @@ def main() -> None:
     command, table = headline(args.runs, args.data, args.seeds, args.clips, args.syncnet)
     body = (
         f"## Headline: Few vs Multi of one Mutual Forcing model, and the baselines (tiny synthetic)\n\n`{command}` on "
-        f"{machine()}, {time.strftime('%Y-%m-%d')}. Checkpoints from `bash benchmarks/headline.sh`. Mean ± std over "
-        f"generation seeds (same conditions); gen time is the wall-clock of generating all clips, with the speed-up "
+        f"{machine()}, {time.strftime('%Y-%m-%d')}. Checkpoints from `bash benchmarks/headline.sh`. Each cell: mean over "
+        f"generation seeds (same conditions) ± its 95% interval over the {args.clips} clips (sd over seeds); gen time is the wall-clock of generating all clips, with the speed-up "
         f"over Multi 50 + CFG of the same model.\n\n{table}"
     )
     print(write_section(args.write, "headline", body) if args.write else body)

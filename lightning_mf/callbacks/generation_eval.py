@@ -59,18 +59,20 @@ class GenerationEval(L.Callback):
         pretrained: ``{network: weights file}`` of pretrained feature networks for extra Fréchet distances, logged as
             ``fd_<network>``: ``inception`` (frames), ``r3d_18``/``mc3_18``/``r2plus1d_18``/``s3d`` (whole windows as
             clips) and ``vggish`` (whole windows of audio, >= 0.975 s). Nothing is downloaded.
+        bootstraps: resamples of the clips behind each Fréchet distance's 95% interval (``fd_*_ci95``; 0: none).
     """
 
     def __init__(
         self, every_n_steps: int = 200, num_clips: int = 4, modes: dict[str, SamplerConfig] | None = None,
         log_media: bool = True, vowel_classifier_clips: int = 48, syncnet_weights: str | None = None, max_offset: int = 15,
-        pretrained: dict[str, str] | None = None,
+        pretrained: dict[str, str] | None = None, bootstraps: int = 100,
     ) -> None:
         super().__init__()
         if every_n_steps < 1 or num_clips < 2:
             raise ValueError(f"GenerationEval needs every_n_steps >= 1 and num_clips >= 2, got {every_n_steps}, {num_clips}")
         self.every_n_steps, self.num_clips, self.modes, self.log_media = every_n_steps, num_clips, modes, log_media
         self.vowel_classifier_clips, self.syncnet_weights, self.max_offset = vowel_classifier_clips, syncnet_weights, max_offset
+        self.bootstraps = bootstraps
         unknown = set(pretrained or {}) - PRETRAINED
         if unknown:
             raise ValueError(f"GenerationEval: pretrained networks {sorted(unknown)} are unknown; choose from {sorted(PRETRAINED)}")
@@ -102,6 +104,7 @@ class GenerationEval(L.Callback):
         self.scorer = Scorer(
             module.spec, module.seq.modalities, vowel_classifier_clips=self.vowel_classifier_clips,
             syncnet_weights=self.syncnet_weights, max_offset=self.max_offset, pretrained=self.pretrained,
+            bootstraps=self.bootstraps,
         )
         try:
             self.scorer.check_length(conditions)

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from lightning_mf.batch import AVBatch, Cond
 from lightning_mf.data.media import write_clip
@@ -377,11 +378,15 @@ class FlowModule(L.LightningModule):
             generator=generator, device=self.device,
         )
 
-    def generate(self, batch: AVBatch, num_chunks: int | None = None, sampler: SamplerConfig | None = None) -> dict[str, Tensor]:
+    def generate(
+        self, batch: AVBatch, num_chunks: int | None = None, sampler: SamplerConfig | None = None, progress: str | None = None,
+    ) -> dict[str, Tensor]:
         """Stream ``num_chunks`` chunks (default: the window's) conditioned on the batch's first frames and
-        transcripts, in the sampler's mode (default: the module's ``sampler``); returns media ``{"video": (B, T, 3, H, W) uint8, "audio": (B, S)}``."""
+        transcripts, in the sampler's mode (default: the module's ``sampler``); returns media ``{"video": (B, T, 3, H, W) uint8, "audio": (B, S)}``.
+        ``progress``: the label of a progress bar over chunks (none by default)."""
         chunks = num_chunks or self.seq.num_chunks(batch)
-        pieces = list(self.stream_chunks(self.prefix(batch), self.condition(batch), batch.size, chunks, sampler))
+        stream = self.stream_chunks(self.prefix(batch), self.condition(batch), batch.size, chunks, sampler)
+        pieces = list(tqdm(stream, total=chunks, desc=progress, unit="chunk", disable=progress is None))
         tokens = {m: torch.cat([p[m] for p in pieces], dim=1) for m in self.seq.modalities}
         return self.seq.decode(tokens)
 

@@ -94,6 +94,7 @@ class IdentityDrift(Metric):
         self.add_state("drift_sum", torch.zeros(len(edges), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("frames", torch.zeros(len(edges), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("per_clip", default=[], dist_reduce_fx="cat")  # mean drift of each clip: the 95% interval
+        self.add_state("per_clip_window", default=[], dist_reduce_fx="cat")  # (B, windows), NaN: no frame inside
 
     @torch.no_grad()
     def update(self, video: Tensor, reference: Tensor | None = None) -> None:
@@ -105,18 +106,27 @@ class IdentityDrift(Metric):
         start = torch.arange(frames, device=drift.device, dtype=torch.float64)
         position = start / self.fps if self.in_seconds else start / frames  # (T,) start time of each frame
         lower = 0.0
+        windows = torch.full((drift.shape[0], len(self.edges)), float("nan"), dtype=torch.float64, device=drift.device)
         for i, upper in enumerate(self.edges):
             last = i == len(self.edges) - 1 and not self.in_seconds
             inside = (position >= lower) & ((position <= upper) if last else (position < upper))
             self.drift_sum[i] += drift[:, inside].double().sum()
             self.frames[i] += drift.shape[0] * int(inside.sum())
+            if bool(inside.any()):
+                windows[:, i] = drift[:, inside].double().mean(1)
             lower = upper
+        self.per_clip_window.append(windows)
 
     def compute(self) -> dict[str, Tensor]:
         if float(self.frames.sum()) == 0:
             raise ValueError("IdentityDrift.compute called before any update (or no frame fell in a window)")
         per_window = self.drift_sum / self.frames.clamp(min=1)
         out = {f"drift_w{i}": per_window[i].float() for i in range(len(self.edges))}
+        windows = dim_zero_cat(self.per_clip_window)  # (N, windows)
+        for i in range(len(self.edges)):
+            seen = windows[:, i][~windows[:, i].isnan()]
+            if len(seen):
+                out[f"drift_w{i}_ci95"] = mean_ci95(seen)[1].float()
         out["drift_mean"] = (self.drift_sum.sum() / self.frames.sum()).float()
         out["drift_mean_ci95"] = mean_ci95(dim_zero_cat(self.per_clip))[1].float()
         return out

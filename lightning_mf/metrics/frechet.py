@@ -21,10 +21,11 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.wrappers import BootStrapper
 
 from lightning_mf.models.weights import load_weights
 
-__all__ = ["AudioFeatures", "ClipFeatures", "FrameFeatures", "FrechetDistance", "MotionFeatures", "frechet_distance", "load_weights"]
+__all__ = ["AudioFeatures", "ClipFeatures", "FrameFeatures", "FrechetDistance", "MotionFeatures", "frechet_ci95", "frechet_distance", "load_weights"]
 
 DEFAULT_SEED = 0
 
@@ -96,11 +97,15 @@ class FrechetDistance(Metric):
         return self
 
     def update(self, x: Tensor, real: bool) -> None:
-        """Add a batch of inputs (features if ``feature`` is None) to the real or generated side."""
+        """Add a batch of inputs (features if ``feature`` is None) to the real or generated side. Features may be
+        (N, F) or grouped per clip, (B, n, F): a ``torchmetrics.wrappers.BootStrapper`` resamples dim 0, so grouped
+        features bootstrap over clips."""
         with torch.no_grad():
-            feats = self.feature(x) if self.feature is not None else x  # (N, F)
+            feats = self.feature(x) if self.feature is not None else x  # (N, F) | (B, n, F)
+        if self.feature is None and feats.ndim == 3:
+            feats = feats.flatten(0, 1)
         if feats.ndim != 2 or feats.shape[1] != self.num_features:
-            raise ValueError(f"features must be (N, {self.num_features}), got {tuple(feats.shape)}")
+            raise ValueError(f"features must be (N, {self.num_features}) or (B, n, {self.num_features}), got {tuple(feats.shape)}")
         feats = feats.to(torch.float64)
         side = "real" if real else "fake"
         setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + feats.sum(0))
@@ -121,6 +126,36 @@ class FrechetDistance(Metric):
     def compute(self) -> Tensor:
         """The Fréchet distance (float64 scalar) between the two accumulated Gaussians."""
         return frechet_distance(*self._gaussian("real"), *self._gaussian("fake"))
+
+
+def frechet_ci95(real: Tensor, fake: Tensor, bootstraps: int = 100, seed: int = 0, **kwargs: Any) -> tuple[float, float]:
+    """The Fréchet distance between features grouped per clip, ``real`` (B1, n1, F) and ``fake`` (B2, n2, F), and the
+    half-width of its bootstrap 95% interval over clips.
+
+    The clips of each side are resampled with replacement ``bootstraps`` times (torchmetrics' ``BootStrapper``;
+    frames of one clip are not independent, so whole clips are the unit); the half-width is half the distance between
+    the 2.5% and 97.5% quantiles of the resampled distances (0 when ``bootstraps`` is 0). Resampling repeats clips,
+    which lowers the spread of each side, so the resampled distances sit above the full-sample value: read the
+    half-width as the uncertainty of the value, not the quantiles as an interval around it. ``kwargs`` go to the
+    metrics (e.g. ``sync_on_compute=False``).
+    """
+    if real.ndim != 3 or fake.ndim != 3:
+        raise ValueError(f"features must be grouped per clip, (B, n, F); got {tuple(real.shape)} and {tuple(fake.shape)}")
+    point = FrechetDistance(num_features=real.shape[-1], **kwargs)
+    point.update(real, real=True)
+    point.update(fake, real=False)
+    if not bootstraps:
+        return float(point.compute()), 0.0
+    boot = BootStrapper(
+        FrechetDistance(num_features=real.shape[-1], **kwargs), num_bootstraps=bootstraps, mean=False, std=False,
+        quantile=torch.tensor([0.025, 0.975], dtype=torch.float64, device=real.device), sampling_strategy="multinomial", **kwargs,
+    )
+    with torch.random.fork_rng(devices=[]):  # the same resamples every call (drawn on the CPU), the caller's RNG untouched
+        torch.manual_seed(seed)
+        boot.update(real, real=True)  # each side resampled on its own
+        boot.update(fake, real=False)
+    low, high = boot.compute()["quantile"].tolist()
+    return float(point.compute()), (high - low) / 2
 
 
 def _seeded_init(module: nn.Module, seed: int) -> None:

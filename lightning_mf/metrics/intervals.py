@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["cell", "mean_ci95", "table"]
+__all__ = ["cell", "mean_ci95", "ratio_ci95", "table"]
 
 
 def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -15,6 +15,19 @@ def mean_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
     if values.numel() < 2:
         return values.mean(), torch.zeros((), dtype=values.dtype, device=values.device)
     return values.mean(), 1.96 * values.std() / values.numel() ** 0.5
+
+
+def ratio_ci95(numerators: Tensor, denominators: Tensor) -> tuple[Tensor, Tensor]:
+    """A pooled rate ``sum(num) / sum(den)`` over clips (N,) (e.g. vowel errors over vowels said) and the half-width
+    of its 95% interval, with clips as the unit: the ratio estimator's standard error
+    ``sqrt(sum((num_i - rate * den_i)^2) / (N (N - 1))) / mean(den)`` (0 for one clip)."""
+    num, den = numerators.double(), denominators.double()
+    rate = num.sum() / den.sum()
+    if num.numel() < 2:
+        return rate, torch.zeros((), dtype=rate.dtype, device=rate.device)
+    n = num.numel()
+    se = ((num - rate * den).square().sum() / (n * (n - 1))).sqrt() / den.mean()
+    return rate, 1.96 * se
 
 
 def cell(row: dict[str, float], metric: str) -> str:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from lightning_mf.batch import AVBatch
 from lightning_mf.metrics.drift import IdentityDrift
-from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, FrechetDistance, MotionFeatures
+from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatures, MotionFeatures, frechet_ci95
 from lightning_mf.metrics.lipsync import LipSync
 from lightning_mf.metrics.oracle import OracleSync
 from lightning_mf.metrics.pretrained import VIDEO_ARCHS, InceptionFeatures, VGGishFeatures, VideoNetFeatures
@@ -58,12 +58,15 @@ class Scorer:
 
     def __init__(
         self, spec: AVSpec, modalities: tuple[str, ...], *, vowel_classifier_clips: int = 48, syncnet_weights: str | None = None,
-        max_offset: int = 15, max_lag: int = 4, pretrained: dict[str, str] | None = None,
+        max_offset: int = 15, max_lag: int = 4, pretrained: dict[str, str] | None = None, bootstraps: int = 100,
     ) -> None:
         unknown = set(pretrained or {}) - PRETRAINED
         if unknown:
             raise ValueError(f"pretrained networks {sorted(unknown)} are unknown; choose from {sorted(PRETRAINED)}")
+        if bootstraps < 0:
+            raise ValueError(f"bootstraps must be >= 0, got {bootstraps}")
         self.spec, self.modalities, self.max_offset, self.max_lag = spec, tuple(modalities), max_offset, max_lag
+        self.bootstraps = bootstraps
         self.features: dict[str, nn.Module] = {
             "frames": FrameFeatures(), "clips": ClipFeatures(), "motion": MotionFeatures(), "audio": AudioFeatures(spec.sample_rate),
         }
@@ -105,15 +108,14 @@ class Scorer:
         mouths = torch.tensor([i["mouth"] for i in identities], device=_device(media)) if all(identities) else None
         truths = [m.get("ground_truth", {}).get("mouth_open") for m in made_from.meta]
         if video is not None and frechet:
-            real_frames = reference.video.flatten(0, 1)  # (B*T, 3, H, W)
-            out["fd_frames"] = _frechet(self.features["frames"], real_frames, video.flatten(0, 1))
-            out["fd_clips"] = _frechet(self.features["clips"], _clip_windows(reference.video), _clip_windows(video))
-            out["fd_motion"] = _frechet(self.features["motion"], reference.video, video)
+            out |= self._frechet("frames", reference.video, video)  # (B, T, 3, H, W): T frames a clip
+            out |= self._frechet("clips", _clip_windows(reference.video), _clip_windows(video))
+            out |= self._frechet("motion", reference.video[:, None], video[:, None])  # one item a clip: the clip
             if "inception" in self.features:
-                out["fd_inception"] = _frechet(self.features["inception"], real_frames, video.flatten(0, 1))
+                out |= self._frechet("inception", reference.video, video)
             for name in VIDEO_ARCHS:
                 if name in self.features:
-                    out[f"fd_{name}"] = _frechet(self.features[name], reference.video, video)
+                    out |= self._frechet(name, reference.video[:, None], video[:, None])
         if video is not None:
             drift = IdentityDrift(fps=self.spec.fps, **LOCAL)
             drift.update(video, made_from.video[:, 0].to(video.device))
@@ -134,20 +136,28 @@ class Scorer:
             out |= _floats(timing.compute())
         if audio is not None and frechet:
             spf = self.spec.samples_per_frame
-            out["fd_audio"] = _frechet(self.features["audio"], _audio_windows(reference.audio, 4 * spf), _audio_windows(audio, 4 * spf))
+            out |= self._frechet("audio", _audio_windows(reference.audio, 4 * spf), _audio_windows(audio, 4 * spf))
             if "vggish" in self.features:
-                out["fd_vggish"] = _frechet(self.features["vggish"], reference.audio, audio)
+                out |= self._frechet("vggish", reference.audio[:, None], audio[:, None])
         if audio is not None and self.vowels is not None:
             transcripts = [m["transcript"] for m in made_from.meta]
             vowel = VowelErrorRate(self.vowels.to(audio.device), **LOCAL)
             vowel.update(audio, transcripts)
             if int(vowel.total) > 0:
-                out["vowel_error_rate"] = float(vowel.compute())
+                out |= _floats(vowel.compute())
             frames = SpeechFrameErrorRate(self.vowels.to(audio.device), **LOCAL)
             frames.update(audio, transcripts)
             if frames.rates:
                 out |= _floats(frames.compute())
         return out
+
+    def _frechet(self, name: str, real: Tensor, fake: Tensor) -> dict[str, float]:
+        """``fd_<name>`` between ``real`` and ``fake`` ((B, n, ...): n inputs of the feature network per clip), and the
+        half-width of its bootstrap 95% interval over clips (``fd_<name>_ci95``, ``bootstraps`` resamples of the clips
+        of each side; 0 disables it)."""
+        feature = self.features[name].to(real.device)
+        value, half = frechet_ci95(_features(feature, real), _features(feature, fake), bootstraps=self.bootstraps, **LOCAL)
+        return {f"fd_{name}": value} | ({f"fd_{name}_ci95": half} if self.bootstraps else {})
 
 
 def copy_first_frame(clips: AVBatch, modalities: tuple[str, ...]) -> dict[str, Tensor]:
@@ -189,14 +199,15 @@ def _floats(values: dict[str, Tensor]) -> dict[str, float]:
 
 
 def _clip_windows(video: Tensor, frames: int = 4) -> Tensor:
-    """(B, T, 3, H, W) -> non-overlapping windows (B * T // frames, frames, 3, H, W): enough samples for a covariance."""
+    """(B, T, 3, H, W) -> non-overlapping windows (B, T // frames, frames, 3, H, W): enough samples for a covariance."""
     usable = video.shape[1] // frames * frames
-    return video[:, :usable].reshape(-1, frames, *video.shape[2:])
+    return video[:, :usable].reshape(video.shape[0], -1, frames, *video.shape[2:])
 
 
 def _audio_windows(audio: Tensor, samples: int) -> Tensor:
+    """(B, S) -> non-overlapping windows (B, S // samples, samples)."""
     usable = audio.shape[1] // samples * samples
-    return audio[:, :usable].reshape(-1, samples)
+    return audio[:, :usable].reshape(audio.shape[0], -1, samples)
 
 
 def _pretrained(name: str, weights: str, sample_rate: int) -> nn.Module:
@@ -207,8 +218,9 @@ def _pretrained(name: str, weights: str, sample_rate: int) -> nn.Module:
     return VideoNetFeatures(weights, arch=name)
 
 
-def _frechet(feature: nn.Module, real: Tensor, fake: Tensor) -> float:
-    metric = FrechetDistance(feature.to(real.device), **LOCAL)
-    metric.update(real, real=True)
-    metric.update(fake, real=False)
-    return float(metric.compute())
+def _features(feature: nn.Module, x: Tensor) -> Tensor:
+    """(B, n, ...) inputs -> (B, m, F) features of each clip (a network may give several per input: MotionFeatures
+    one per pair of frames), in batches of at most 1024 inputs."""
+    with torch.no_grad():
+        feats = torch.cat([feature(part) for part in x.flatten(0, 1).split(1024)])  # (B * m, F), clip by clip
+    return feats.reshape(x.shape[0], -1, feats.shape[-1])

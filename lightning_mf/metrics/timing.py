@@ -9,7 +9,7 @@ real mouth opening and the real audio energy both follow):
 - audio: the audio's RMS energy per video frame (``oracle.audio_energy``).
 
 Per clip, the Pearson r of each with the truth over lags ``-L..L``; a constant series (a frozen mouth, a silent track)
-follows nothing and scores 0. Lag ``L`` pairs truth frame ``t`` with generated frame ``t + L``, so **a positive lag is
+follows nothing and scores 0, and a modality with no positive mean r at any lag has no ``_timing_lag``. Lag ``L`` pairs truth frame ``t`` with generated frame ``t + L``, so **a positive lag is
 a modality that runs late** (audio delayed by 3 frames reports +3). Results are means over clips with a 95% interval
 (1.96 standard errors, ``_ci95``); states are the per-clip values, gathered across processes.
 """
@@ -76,7 +76,9 @@ class TranscriptTiming(Metric):
                 continue
             corrs = dim_zero_cat(state)  # (N, 2L+1)
             out[f"{name}_timing_r"], out[f"{name}_timing_r_ci95"] = (v.float() for v in mean_ci95(corrs[:, self.max_lag]))
-            out[f"{name}_timing_lag"] = torch.argmax(corrs.mean(0)) - self.max_lag
+            mean_r = corrs.mean(0)  # (2L+1,)
+            if mean_r.max() > 0:  # else the modality follows the transcript at no lag, and a lag would mean nothing
+                out[f"{name}_timing_lag"] = torch.argmax(mean_r) - self.max_lag
         if not out:
             raise ValueError("TranscriptTiming.compute called before any update with video or audio")
         return out

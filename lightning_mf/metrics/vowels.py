@@ -20,7 +20,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_mf.codecs import MelCodec
 from lightning_mf.data.synthetic import VOWELS, synthesize_clip
-from lightning_mf.metrics.intervals import mean_ci95
+from lightning_mf.metrics.intervals import mean_ci95, ratio_ci95
 from lightning_mf.spec import AVSpec
 
 __all__ = ["SpeechFrameErrorRate", "VowelClassifier", "VowelErrorRate", "frame_labels", "train_vowel_classifier"]
@@ -108,6 +108,7 @@ class VowelErrorRate(Metric):
         self.classifier, self.core = classifier, core
         self.add_state("errors", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("per_clip", default=[], dist_reduce_fx="cat")  # (errors, vowels) of each clip: the interval
 
     @torch.no_grad()
     def update(self, audio: Tensor, transcripts: list[list[dict[str, Any]]]) -> None:
@@ -117,6 +118,7 @@ class VowelErrorRate(Metric):
         spec = self.classifier.codec.spec
         logits = self.classifier(audio.float())  # (B, M, C)
         times = torch.arange(logits.shape[1], device=audio.device, dtype=torch.float64) * spec.mel_hop / spec.sample_rate
+        counts = torch.zeros(len(transcripts), 2, dtype=torch.float64, device=audio.device)  # (B, [errors, vowels])
         for row, transcript in enumerate(transcripts):
             for entry in transcript:
                 if entry["token"] not in VOWELS:
@@ -126,13 +128,20 @@ class VowelErrorRate(Metric):
                 if not bool(frames.any()):
                     continue
                 heard = int(logits[row, frames, 1:].mean(dim=0).argmax())
-                self.errors += int(VOWELS[heard] != entry["token"])
-                self.total += 1
+                counts[row, 0] += int(VOWELS[heard] != entry["token"])
+                counts[row, 1] += 1
+        self.errors += int(counts[:, 0].sum())
+        self.total += int(counts[:, 1].sum())
+        self.per_clip.append(counts)
 
-    def compute(self) -> Tensor:
+    def compute(self) -> dict[str, Tensor]:
+        """``vowel_error_rate`` (errors over every vowel said) and the half-width of its 95% interval with clips as the
+        unit (``vowel_error_rate_ci95``, ``intervals.ratio_ci95``)."""
         if int(self.total) == 0:
             raise ValueError("VowelErrorRate: no vowel of any transcript fell inside the audio")
-        return self.errors.float() / self.total
+        counts = dim_zero_cat(self.per_clip)  # (N, [errors, vowels])
+        rate, ci95 = ratio_ci95(counts[:, 0], counts[:, 1])
+        return {"vowel_error_rate": rate.float(), "vowel_error_rate_ci95": ci95.float()}
 
 
 class SpeechFrameErrorRate(Metric):

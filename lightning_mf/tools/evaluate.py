@@ -15,6 +15,7 @@ import torch
 
 from lightning_mf.callbacks.generation_eval import take_windows
 from lightning_mf.data.datamodule import AVDataModule
+from lightning_mf.data.shards import read_index
 from lightning_mf.lit.base import FlowModule, SamplerConfig
 from lightning_mf.metrics.intervals import table
 from lightning_mf.metrics.scoring import Scorer, reference_rows
@@ -56,28 +57,31 @@ def evaluate(
     ckpt: str,
     data: str = "data/tiny",
     modes: tuple[str, ...] = ("multi50",),
-    num_clips: int = 8,
-    window_chunks: int = 4,
+    num_clips: int = 32,
+    window_chunks: int | None = None,
     cfg_scale: float = 3.0,
     shift: float = 3.0,
     syncnet: str | None = None,
     pretrained: dict[str, str] | None = None,
     seed: int = 0,
     weights: Literal["ema", "online"] | None = None,
+    bootstraps: int = 100,
     out: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Generate from held-out conditions in each mode and score the clips; print a table and write JSON.
 
     Three reference rows come first (``metrics.scoring.reference_rows``): real held-out windows (the ceiling), real
     windows of other characters scored against these conditions, and the conditioning frame copied with silence (the
-    floors). They need twice ``num_clips`` held-out windows; without them the table has the modes only.
+    floors). They need ``num_clips`` more held-out clips: ``data`` must hold twice ``num_clips`` (write a larger
+    validation split with ``lightning-mf shards synthetic --num-clips 640 --val-fraction 0.1``).
 
     Args:
         ckpt: checkpoint of a training stage (1, 2 or Mutual Forcing).
         data: shard folder whose validation split gives the conditions (first frames, transcripts).
         modes: sampling modes: multi50 (Multi mode, 50 Euler steps + CFG), multi25heun, few4 (Few mode, 4 jumps).
-        num_clips: windows generated per mode (the reference rows need twice as many held-out windows).
-        window_chunks: chunks per window.
+        num_clips: clips generated per mode (the reference rows need as many again).
+        window_chunks: chunks per generated window; default: whole clips (16 chunks on the tiny preset), so timing
+            is scored over speech and pauses alike and not over the clip's first pause.
         cfg_scale: classifier-free guidance scale of the Multi modes.
         shift: timestep shift of the sampling grids.
         syncnet: SyncNet weights (state_dict or SyncNetTraining checkpoint) for LSE-D, LSE-C and AV offset.
@@ -86,35 +90,43 @@ def evaluate(
         seed: seed of the generation noise (the conditions are always the first held-out windows).
         weights: sample with the ``ema`` weights or the ``online`` ones (what the optimizer trained: at stage 3, an
             EMA of 0.99 after 100 steps still holds a third of stage 2); default: the EMA when the checkpoint has one.
+        bootstraps: resamples of the clips behind each Fréchet distance's 95% interval (0: none); the other
+            metrics' intervals are 1.96 standard errors over clips.
         out: path of the JSON report (optional).
     """
     module = load_module(ckpt)
     if weights == "ema" and module.ema is None:
         raise ValueError(f"--weights ema: {ckpt} has no EMA weights (trained with ema_decay: null); use --weights online")
     weights = weights or ("ema" if module.ema is not None else "online")
+    index = read_index(data)
+    held_out = index["splits"].get("val", {}).get("clips", 0)
+    if held_out < 2 * num_clips:
+        raise ValueError(
+            f"{data} holds {held_out} held-out clips; --num_clips {num_clips} needs {2 * num_clips} ({num_clips} to "
+            f"generate from, {num_clips} for the reference rows): lower --num_clips to {held_out // 2} or write a "
+            f"larger validation split (lightning-mf shards synthetic --num-clips {20 * num_clips} --val-fraction 0.1)"
+        )
+    if window_chunks is None:
+        window_chunks = index["frames_per_clip"] // module.spec.frames_per_chunk
     datamodule = AVDataModule(root=data, spec=module.spec, window_chunks=window_chunks, batch_size=num_clips)
     datamodule.setup("validate")
     conditions = take_windows(datamodule.val_dataloader(), num_clips)
-    scorer = Scorer(module.spec, module.seq.modalities, syncnet_weights=syncnet, pretrained=pretrained)
+    scorer = Scorer(module.spec, module.seq.modalities, syncnet_weights=syncnet, pretrained=pretrained, bootstraps=bootstraps)
     scorer.check_length(conditions)
-    rows: dict[str, dict[str, float]] = {}
-    try:
-        others = take_windows(datamodule.val_dataloader(), num_clips, skip=num_clips)
-    except ValueError as exc:
-        print(f"no reference rows: {exc}")
-    else:
-        rows |= reference_rows(scorer, conditions, others)
+    print(f"scoring the reference rows: {num_clips} held-out clips of {window_chunks} chunks", flush=True)
+    rows = reference_rows(scorer, conditions, take_windows(datamodule.val_dataloader(), num_clips, skip=num_clips))
     with torch.no_grad():
         for mode in modes:
             sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift), seed=seed, use_ema=weights == "ema")
             start = time.perf_counter()
-            media = module.generate(conditions, sampler=sampler)
+            media = module.generate(conditions, sampler=sampler, progress=f"{mode}: {num_clips} clips")
             seconds = time.perf_counter() - start
             scores = scorer.score(media, made_from=conditions, reference=conditions)
             rows[mode] = scores | {"nfe_per_chunk": sampler.nfe(), "generate_seconds": seconds}
     _print_table(rows)
     if out is not None:
-        Path(out).write_text(json.dumps({"ckpt": ckpt, "data": data, "num_clips": num_clips, "seed": seed, "weights": weights, "rows": rows}, indent=1))
+        report = {"ckpt": ckpt, "data": data, "num_clips": num_clips, "window_chunks": window_chunks, "seed": seed, "weights": weights}
+        Path(out).write_text(json.dumps(report | {"rows": rows}, indent=1))
         print(f"report: {out}")
     return rows
 

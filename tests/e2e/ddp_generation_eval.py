@@ -18,7 +18,7 @@ if __name__ == "__main__":
     spec = AVSpec()
     model = JointTraining(spec=spec, tower=TowerConfig(dim=32, depth=1, heads=2, vocab_size=32))
     dm = AVDataModule(root=shards, spec=spec, window_chunks=4, batch_size=2, batches_per_epoch=4)
-    callback = GenerationEval(every_n_steps=2, num_clips=2, modes={"multi2": SamplerConfig(steps=2)}, vowel_classifier_clips=4)
+    callback = GenerationEval(every_n_steps=2, num_clips=2, modes={"multi2": SamplerConfig(steps=2)}, vowel_classifier_clips=4, bootstraps=0)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_steps=4, limit_val_batches=0, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,

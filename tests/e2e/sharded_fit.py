@@ -103,7 +103,7 @@ if __name__ == "__main__":
         logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
         callbacks=[ValKeys(out), ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_top_k=-1, save_last=True)],
     )
-    evaluation = GenerationEval(every_n_steps=1000, num_clips=2, modes={"multi2": SamplerConfig(steps=2)}, vowel_classifier_clips=0)
+    evaluation = GenerationEval(every_n_steps=1000, num_clips=2, modes={"multi2": SamplerConfig(steps=2)}, vowel_classifier_clips=0, bootstraps=0)
     if stage == "joint":
         trainer.callbacks.append(evaluation)
     trainer.fit(model, datamodule=data, ckpt_path=ckpt)

@@ -28,14 +28,15 @@ def _checkpoint(path: Path, **kwargs) -> Path:
     return path
 
 
+@pytest.mark.slow  # whole clips, two modes, five scorings: 30 s
 def test_evaluate_writes_reference_rows_and_one_row_per_mode(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ckpt = _checkpoint(tmp_path / "joint.ckpt")
     report = tmp_path / "report.json"
     torch.save(SyncNet(AVSpec()).state_dict(), tmp_path / "syncnet.pt")  # untrained: only the plumbing is checked
     rows = run([
         "evaluate", "--ckpt", str(ckpt), "--data", str(tiny_shards), "--modes", "[multi2, multi2heun]",
-        "--num-clips", "2", "--window-chunks", "4", "--syncnet", str(tmp_path / "syncnet.pt"), "--out", str(report),
-    ])
+        "--num-clips", "2", "--bootstraps", "20", "--syncnet", str(tmp_path / "syncnet.pt"), "--out", str(report),
+    ])  # whole clips by default
     assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "multi2", "multi2heun"]
     assert all({"lse_d", "lse_c", "av_offset", "fd_motion", "video_timing_r", "audio_timing_r"} <= set(row) for row in rows.values())
     real, others, static, generated = (rows[k] for k in ("real (held-out)", "real, other characters", "copy first frame", "multi2"))
@@ -44,15 +45,19 @@ def test_evaluate_writes_reference_rows_and_one_row_per_mode(tiny_shards: Path, 
     assert others["fd_frames"] == real["fd_frames"] and others["drift_mean"] > 10 * real["drift_mean"]  # not these characters
     assert static["video_timing_r"] == static["audio_timing_r"] == 0.0 and static["fd_motion"] > 3 * real["fd_motion"]  # 2 clips
     assert generated["fd_frames"] > real["fd_frames"]  # an untrained model is far from the data
-    assert json.loads(report.read_text())["rows"]["multi2"] == pytest.approx(generated)
+    written = json.loads(report.read_text())
+    assert written["rows"]["multi2"] == pytest.approx(generated) and written["window_chunks"] == 16  # 2 s = 16 chunks
+    assert all(f"{fd}_ci95" in generated for fd in ("fd_frames", "fd_clips", "fd_motion", "fd_audio"))  # bootstrap intervals
     printed = capsys.readouterr().out
     assert "real (held-out)" in printed and "fd_frames" in printed and "report:" in printed
 
 
-def test_evaluate_names_bad_arguments(tmp_path: Path) -> None:
+def test_evaluate_names_bad_arguments(tiny_shards: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="--ckpt .*missing.ckpt does not exist"):
         run(["evaluate", "--ckpt", str(tmp_path / "missing.ckpt")])
     ckpt = _checkpoint(tmp_path / "joint.ckpt")
+    with pytest.raises(ValueError, match=r"holds 4 held-out clips; --num_clips 3 needs 6 .* lower --num_clips to 2 or write"):
+        run(["evaluate", "--ckpt", str(ckpt), "--data", str(tiny_shards), "--num-clips", "3"])  # before any generation
     for bad in ("few4heun", "multi", "dmd4"):
         with pytest.raises(ValueError, match=f"unknown mode '{bad}'"):
             parse_mode(bad, 3.0, 3.0)

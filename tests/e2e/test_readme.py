@@ -141,7 +141,7 @@ def test_readme_commands_run_and_leave_what_they_promise(readme_runs: tuple[Path
 
     index = read_index(root / "data" / "tiny")
     train, val = index["splits"]["train"]["clips"], index["splits"]["val"]["clips"]
-    assert train + val == 64
+    assert (train, val) == (64, 64)  # 64 held out: evaluate's 32 clips and 32 for its reference rows
     assert f"data/tiny: {train} train clips in 1 shard(s), {val} val clips" in _result(results, "shards", "inspect")[1]
     index = read_index(root / "data" / "mine")  # two 6 s videos cut into one 5 s clip each, at 25 fps and 64x64
     assert (index["fps"], index["height"], index["frames_per_clip"], index["sources"]) == (25, 64, 125, 2)
@@ -194,12 +194,12 @@ def test_validate_test_and_predict_work_on_every_stage(readme_runs: tuple[Path, 
     predictions = root / "runs" / "tiny" / stage / "predictions"
     if stage == "syncnet":
         rows = [json.loads(line) for line in (predictions / "sync.jsonl").read_text().splitlines()]
-        assert rows == returned and len(rows) == 6  # one line per held-out window (6 clips, batch size 8)
+        assert rows == returned and len(rows) == 8  # one line per held-out window of the first batch (of 8)
         assert all(abs(row["av_offset"]) <= 5 and row["lse_c"] >= 0 for row in rows)
     else:
         written = [root / p for p in returned]  # relative to the run's working directory
         kinds = {"video_pretrain": {".mp4"}, "audio_pretrain": {".wav"}}.get(stage, {".mp4", ".wav"})
-        assert {p.suffix for p in written} == kinds and len(written) == 6 * len(kinds)
+        assert {p.suffix for p in written} == kinds and len(written) == 8 * len(kinds)  # the first batch of 8
         assert all(p.parent == predictions and p.is_file() for p in written)
         for video in (p for p in written if p.suffix == ".mp4"):
             assert decode_mp4(video.read_bytes()).shape == (8, 32, 32, 3)  # a window: 4 chunks of 2 frames

@@ -35,7 +35,7 @@ def test_faithful_clips_do_not_drift(preset: str) -> None:
     metric = IdentityDrift(fps=PRESETS[preset].spec.fps)
     metric.update(_video(preset))
     result = metric.compute()
-    assert set(result) == {"drift_w0", "drift_w1", "drift_w2", "drift_mean", "drift_mean_ci95"}
+    assert set(result) == {f"drift_{k}{ci}" for k in ("w0", "w1", "w2", "mean") for ci in ("", "_ci95")}
     assert all(float(v) < STABLE for v in result.values())
 
 
@@ -71,6 +71,10 @@ def test_drift_accumulates_exactly_over_batches() -> None:
     assert all(torch.allclose(a[k], b[k]) for k in a)
     per_clip = colour_drift(video).double().mean(1)  # (B,)
     assert torch.isclose(a["drift_mean_ci95"].double(), 1.96 * per_clip.std() / len(per_clip) ** 0.5, rtol=1e-5)
+    last_window = colour_drift(video).double()[:, 20:].mean(1)  # frames 20..31 of 32: positions 0.625..0.97
+    assert torch.isclose(a["drift_w2_ci95"].double(), 1.96 * last_window.std() / len(last_window) ** 0.5, rtol=1e-5)
+    mixed = torch.cat([video[:1], _video("tiny")[1:]])  # one clip recoloured, the others faithful
+    assert IdentityDrift().forward(mixed)["drift_w2_ci95"] > 10
 
 
 def test_bad_inputs_name_what_was_expected() -> None:

@@ -96,7 +96,8 @@ def test_vowel_classifier_hears_the_transcript_of_real_synthetic_audio(vowel_cla
     metric = VowelErrorRate(vowel_classifier)
     metric.update(torch.from_numpy(np.stack([c.audio for c in clips])), [c.meta["transcript"] for c in clips])
     assert int(metric.total) > 150
-    assert metric.compute() <= 0.05  # accuracy >= 95 %
+    scores = metric.compute()
+    assert scores["vowel_error_rate"] <= 0.05 and scores["vowel_error_rate_ci95"] < 0.05  # accuracy >= 95 %
 
 
 def test_vowel_error_rate_is_high_for_the_wrong_transcript_or_noise(vowel_classifier) -> None:
@@ -106,7 +107,9 @@ def test_vowel_error_rate_is_high_for_the_wrong_transcript_or_noise(vowel_classi
     wrong.update(audio, [c.meta["transcript"] for c in clips[1:] + clips[:1]])  # another clip's words
     noise = VowelErrorRate(vowel_classifier)
     noise.update(torch.randn_like(audio) * 0.1, [c.meta["transcript"] for c in clips])
-    assert wrong.compute() > 0.5 and noise.compute() > 0.5
+    wrong_scores = wrong.compute()
+    assert wrong_scores["vowel_error_rate"] > 0.5 and noise.compute()["vowel_error_rate"] > 0.5
+    assert 0.02 < wrong_scores["vowel_error_rate_ci95"] < 0.3  # 20 clips: an interval neither empty nor the whole range
 
 
 def test_vowel_classifier_training_is_deterministic_and_leaves_the_global_rng_alone() -> None:

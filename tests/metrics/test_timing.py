@@ -58,7 +58,9 @@ def test_each_broken_modality_scores_clearly_worse_and_a_delay_is_found_with_its
     for broken in (torch.zeros_like(audio), noise, other_voice):
         assert _timing(truth, audio=broken)["audio_timing_r"] < 0.3
     frozen = video[:, :1].expand_as(video)  # the first frame held: the mouth never moves
-    assert _timing(truth, video=frozen)["video_timing_r"] == 0.0
+    frozen_scores = _timing(truth, video=frozen)
+    assert frozen_scores["video_timing_r"] == 0.0 and "video_timing_lag" not in frozen_scores  # no lag to report
+    assert "audio_timing_lag" not in _timing(truth, audio=torch.zeros_like(audio))
     assert _timing(truth, video=torch.roll(video, 1, dims=0))["video_timing_r"] < 0.3  # another clip's mouth
 
 

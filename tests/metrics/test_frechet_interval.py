@@ -1,0 +1,46 @@
+"""The bootstrap 95% interval of a Fréchet distance: over clips (not frames), reproducible, narrower with more clips."""
+
+import pytest
+import torch
+
+from lightning_mf.metrics.frechet import FrechetDistance, frechet_ci95
+
+
+def _clips(num: int, items: int, dim: int = 4, seed: int = 0, shift: float = 0.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(num, items, dim, generator=gen, dtype=torch.float64) + shift  # (B, n, F)
+
+
+def test_value_is_the_distance_of_all_features_whatever_the_grouping() -> None:
+    real, fake = _clips(6, 5), _clips(8, 3, seed=1, shift=0.5)
+    flat = FrechetDistance(num_features=4)
+    flat.update(real.flatten(0, 1), real=True)
+    flat.update(fake.flatten(0, 1), real=False)
+    value, half = frechet_ci95(real, fake, bootstraps=0)
+    assert value == pytest.approx(float(flat.compute()), rel=1e-12) and value > 0.2 and half == 0.0
+
+
+def test_clips_are_the_unit_resampled() -> None:
+    # Every clip holds the same 5 varied frames: resampling clips changes nothing, resampling frames would.
+    same = _clips(1, 5).expand(8, 5, 4)
+    _, half = frechet_ci95(same, same + 0.3, bootstraps=50)
+    assert half == pytest.approx(0.0, abs=1e-9)
+    _, half_varied = frechet_ci95(_clips(8, 5), _clips(8, 5, seed=1) + 0.3, bootstraps=50)
+    assert half_varied > 0.05
+
+
+def test_interval_is_reproducible_narrows_with_more_clips_and_leaves_the_rng_alone() -> None:
+    torch.manual_seed(7)
+    small = frechet_ci95(_clips(8, 4), _clips(8, 4, seed=1, shift=0.5), bootstraps=200)
+    after = torch.rand(1)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(1), after)  # frechet_ci95 resamples on its own seed, the caller's RNG untouched
+    assert frechet_ci95(_clips(8, 4), _clips(8, 4, seed=1, shift=0.5), bootstraps=200) == small
+    large = frechet_ci95(_clips(128, 4), _clips(128, 4, seed=1, shift=0.5), bootstraps=200)
+    assert large[1] < small[1] / 2  # about 1/sqrt(16) of it
+    assert abs(large[0] - 4 * 0.25) < 3 * large[1]  # the true distance (a mean shift of 0.5 in 4 dims) lies inside
+
+
+def test_ungrouped_features_are_refused() -> None:
+    with pytest.raises(ValueError, match="grouped per clip"):
+        frechet_ci95(torch.randn(10, 4), torch.randn(10, 4))
