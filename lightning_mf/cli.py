@@ -7,8 +7,13 @@ cannot host extra subcommands (it maps each one to a Trainer method), hence this
 
 from __future__ import annotations
 
+import functools
+import inspect
+import operator
 import re
 import sys
+import types
+import typing
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +55,23 @@ TOOL_HELP = {
     "consolidate": "merge a sharded (FSDP) checkpoint folder into one file for the next stage, evaluate and generate",
     "pipeline": "the whole method in one command: shards, stages 1-3, evaluation, a generated clip (resumable)",
 }
+
+
+def _ints_before_floats(function: Callable[..., Any]) -> None:
+    """Make ``int`` the first choice of every ``int``/``float`` parameter of ``function``, so that
+    ``--trainer.limit_val_batches 1`` means one batch, not ``1.0`` (all of them).
+
+    jsonargparse tries a Union's members in order, and Python's typing cache can hand Lightning's
+    ``Optional[Union[int, float]]`` back as ``Union[float, int, None]`` when another module built that first
+    (Lightning issue #21259). ``int | float`` (a ``types.UnionType``) is not cached and keeps its order."""
+    annotations = inspect.unwrap(function).__annotations__
+    for name, hint in annotations.items():
+        members = typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and {int, float} <= set(members):
+            annotations[name] = functools.reduce(operator.or_, sorted(members, key=lambda t: t is not int))
+
+
+_ints_before_floats(L.Trainer.__init__)
 
 
 class MFLightningCLI(LightningCLI):

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lightning_mf.cli import run
 from lightning_mf.data.shards import read_index
@@ -61,6 +62,20 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture) -> Non
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "data:" in printed and "class_path: lightning_mf.lit." in printed
+
+
+def test_batch_limits_keep_their_int_type(capsys: pytest.CaptureFixture) -> None:
+    """Lightning reads ``limit_*_batches: 1`` as one batch but ``1.0`` as all of them; jsonargparse 4.53 turned the
+    int into a float (so ``--trainer.limit_predict_batches 1`` predicted the whole split)."""
+    with pytest.raises(SystemExit):
+        run([
+            "predict", "--config", str(REPO / "configs/tiny/syncnet.yaml"), "--trainer.limit_predict_batches", "1",
+            "--trainer.limit_test_batches", "1.0", "--print_config",
+        ])
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert type(trainer["limit_predict_batches"]) is int and trainer["limit_predict_batches"] == 1
+    assert type(trainer["limit_val_batches"]) is int and trainer["limit_val_batches"] == 2  # from the YAML
+    assert type(trainer["limit_test_batches"]) is float and trainer["limit_test_batches"] == 1.0  # a fraction stays one
 
 
 def test_a_spec_that_does_not_tile_is_rejected_before_anything_runs(tmp_path: Path) -> None:
