@@ -69,19 +69,22 @@ class Cond:
     """Timestamped transcript tokens for cross-attention (METHOD §3 "Conditioning").
 
     Column 0 is the null token (id 0, time 0), always valid, so a row whose transcript is dropped for
-    classifier-free guidance attends to the null token alone.
+    classifier-free guidance attends to the null token alone. Each token keeps its span (``start``, ``end``) besides
+    its midpoint, for models that read the transcript frame by frame (``TowerConfig.transcript_track``).
     """
 
     ids: Tensor  # (B, T) long; 0 = null, 1..vocab_size = hashed tokens
     time: Tensor  # (B, T) float; token midpoint in seconds from the window start
     mask: Tensor  # (B, T) bool; valid tokens
+    start: Tensor  # (B, T) float; token start in seconds (the null token: 0)
+    end: Tensor  # (B, T) float; token end in seconds (the null token: 0, an empty span)
 
     @staticmethod
     def null(batch: int, device: torch.device | str | None = None) -> Cond:
+        zeros = torch.zeros(batch, 1, device=device)
         return Cond(
-            ids=torch.zeros(batch, 1, dtype=torch.long, device=device),
-            time=torch.zeros(batch, 1, device=device),
-            mask=torch.ones(batch, 1, dtype=torch.bool, device=device),
+            ids=torch.zeros(batch, 1, dtype=torch.long, device=device), time=zeros,
+            mask=torch.ones(batch, 1, dtype=torch.bool, device=device), start=zeros, end=zeros,
         )
 
     @staticmethod
@@ -89,20 +92,29 @@ class Cond:
         """Pad ``[{"token", "start", "end"}, ...]`` per row (times relative to the window start) into tensors."""
         width = 1 + max((len(t) for t in transcripts), default=0)
         ids = torch.zeros(len(transcripts), width, dtype=torch.long)
-        time = torch.zeros(len(transcripts), width)
+        start, end = torch.zeros(len(transcripts), width), torch.zeros(len(transcripts), width)
         mask = torch.zeros(len(transcripts), width, dtype=torch.bool)
         mask[:, 0] = True
         for row, entries in enumerate(transcripts):
             for col, entry in enumerate(entries, start=1):
                 ids[row, col] = token_id(str(entry["token"]), vocab_size)
-                time[row, col] = (float(entry["start"]) + float(entry["end"])) / 2
+                start[row, col], end[row, col] = float(entry["start"]), float(entry["end"])
                 mask[row, col] = True
-        return Cond(ids.to(device), time.to(device), mask.to(device))
+        return Cond(ids.to(device), ((start + end) / 2).to(device), mask.to(device), start.to(device), end.to(device))
 
     def drop(self, keep: Tensor) -> Cond:
         """Rows where ``keep`` (B,) is False lose their transcript (condition dropout for CFG)."""
         mask = self.mask & (keep[:, None] | (torch.arange(self.mask.shape[1], device=self.mask.device) == 0))
-        return Cond(self.ids, self.time, mask)
+        return Cond(self.ids, self.time, mask, self.start, self.end)
+
+    def spoken_at(self, times: Tensor, silence: int) -> Tensor:
+        """Id of the token spoken at each of ``times`` (N,) seconds, per row: (B, N) long; ``silence`` where the
+        row's transcript has a pause there, 0 where the row has no transcript (the null row of CFG)."""
+        inside = (self.start[:, None, :] <= times[None, :, None]) & (times[None, :, None] < self.end[:, None, :])
+        inside &= self.mask[:, None, :]  # (B, N, T); the null token's span is empty
+        spoken = (inside * self.ids[:, None, :]).amax(-1)  # (B, N); overlapping tokens: the larger id
+        has_words = self.mask[:, 1:].any(-1, keepdim=True)  # (B, 1)
+        return torch.where(inside.any(-1), spoken, torch.where(has_words, silence, 0))
 
     def unconditional(self) -> Cond:
         return self.drop(torch.zeros(self.ids.shape[0], dtype=torch.bool, device=self.ids.device))

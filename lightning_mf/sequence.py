@@ -71,6 +71,14 @@ class AVSequencer(nn.Module):
     def token_dim(self, modality: str) -> int:
         return self.codecs[modality].token_dim
 
+    def track_offsets(self, modality: str) -> tuple[float, ...]:
+        """Where a token's frames lie relative to its time stamp, in seconds: the centres of the frames of a video
+        tubelet (its stamp is their midpoint); audio tokens (a mel hop) are read at their stamp."""
+        if modality != "video":
+            return (0.0,)
+        tubelet = self.codecs["video"].tubelet
+        return tuple((i + 0.5 - tubelet / 2) / self.spec.fps for i in range(tubelet))
+
     def tokens_per_chunk(self, modality: str) -> int:
         return self.codecs[modality].tokens_per_chunk
 

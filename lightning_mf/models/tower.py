@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_mf.batch import Cond
 from lightning_mf.models.layers import MLP, NoiseLevelEmbedding, RMSNorm, zero_init
 from lightning_mf.models.rope import Rope
 
@@ -28,6 +29,9 @@ class TowerConfig:
         mlp_ratio: MLP hidden size as a multiple of ``dim``.
         vocab_size: transcript tokens are hashed into this many embeddings (index 0 is the null token of CFG).
         time_max_hz: fastest rotary time frequency; should resolve the finest token spacing (e.g. the mel hop).
+        transcript_track: also add to every token an embedding of the transcript token spoken at its time (a pause
+            and "no transcript" each have their own), read at each frame the token covers: the transcript's timing,
+            start and end included, reaches every token directly instead of through cross-attention alone.
     """
 
     dim: int = 128
@@ -36,6 +40,7 @@ class TowerConfig:
     mlp_ratio: float = 4.0
     vocab_size: int = 256
     time_max_hz: float = 40.0
+    transcript_track: bool = False
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 8:
@@ -72,9 +77,11 @@ class Tower(nn.Module):
     Args:
         token_dim: size of the codec's tokens (e.g. PatchCodec.token_dim, MelCodec.token_dim).
         config: width, depth and the rest (:class:`TowerConfig`).
+        track_offsets: where, relative to a token's time, the transcript track is read (seconds; e.g. the centres
+            of a video tubelet's frames); used when ``config.transcript_track``.
     """
 
-    def __init__(self, token_dim: int, config: TowerConfig = TowerConfig()) -> None:
+    def __init__(self, token_dim: int, config: TowerConfig = TowerConfig(), track_offsets: tuple[float, ...] = (0.0,)) -> None:
         super().__init__()
         self.config = config
         dim, depth, heads, mlp_ratio = config.dim, config.depth, config.heads, config.mlp_ratio
@@ -90,6 +97,18 @@ class Tower(nn.Module):
         self.final_adaln = zero_init(nn.Linear(dim, 2 * dim))
         self.out = zero_init(nn.Linear(dim, token_dim))
         self.rope = Rope(dim // heads, time_max_hz=config.time_max_hz)
+        self.track_offsets = tuple(float(o) for o in track_offsets)
+        if config.transcript_track:  # ids: 0 = no transcript, 1..vocab_size = tokens, vocab_size + 1 = a pause
+            self.track = nn.ModuleList(nn.Embedding(config.vocab_size + 2, dim) for _ in self.track_offsets)
+            for table in self.track:
+                nn.init.normal_(table.weight, std=0.5)  # about the scale of the token embeddings
+
+    def transcript_track(self, cond: Cond, times: Tensor) -> Tensor | None:
+        """Sum over ``track_offsets`` of the embedding of what ``cond`` says is spoken at ``times + offset``:
+        (B, N, D) for token times (N,), or None when the tower has no track."""
+        if not self.config.transcript_track:
+            return None
+        return sum(table(cond.spoken_at(times + offset, self.vocab_size + 1)) for table, offset in zip(self.track, self.track_offsets))
 
     def condition(self, s: Tensor, d: Tensor) -> Tensor:
         """Per-token conditioning vector (B, N, D) from noise levels s (B, N) and step sizes d (B, N)."""

@@ -111,15 +111,19 @@ class AVTransformer(nn.Module):
         names = list(tokens)
         sources = names + [m for m in (cache.layouts if cache is not None else {}) if m not in tokens and m in self.towers]
 
+        cond = cond if cond is not None else Cond.null(batch, first.x.device)
         h, ada, final, text = {}, {}, {}, {}
         for m in names:
             tower, t = self.towers[m], tokens[m]
             h[m] = tower.embed(t.x)  # (B, N, D)
+            track = tower.transcript_track(cond, t.pos[:, 0])
+            if track is not None:
+                h[m] = h[m] + track
             step = torch.where(t.layout.clean.to(d.device), 0.0, d[:, None])  # (B, N): context stays at d = 0
             c = F.silu(tower.condition(t.s, step))  # (B, N, D)
             ada[m] = tower.adaln(c).unflatten(-1, (6, tower.dim))  # (B, N, 6, D), shared by the blocks
             final[m] = tower.final_adaln(c).chunk(2, dim=-1)
-            text[m] = self._text(tower, cond, batch, t.x.device)
+            text[m] = self._text(tower, cond, t.x.device)
         key_layouts = {}  # keys are [cached ; current] per source modality
         for o in sources:
             parts = [cache.layout(o) if cache is not None else None, tokens[o].layout if o in tokens else None]
@@ -215,11 +219,9 @@ class AVTransformer(nn.Module):
         return out
 
     @staticmethod
-    def _text(tower: Tower, cond: Cond | None, batch: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    def _text(tower: Tower, cond: Cond, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Transcript embeddings (B, T, D), positions (B, T, 3) and validity (B, T); the null token is always
         present, so unconditional rows attend to it alone."""
-        if cond is None:
-            cond = Cond.null(batch, device)
         if int(cond.ids.max()) > tower.vocab_size:
             raise ValueError(f"transcript id {int(cond.ids.max())} exceeds the tower's vocab_size={tower.vocab_size}")
         pos = torch.zeros(*cond.time.shape, 3, device=device)

@@ -8,6 +8,8 @@ Every parameter, the zero-initialised layers and the cross-modal gates included,
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -28,8 +30,9 @@ TOLERANCE = 1e-5  # relative to the largest velocity
 pytestmark = pytest.mark.filterwarnings("ignore:tokens of .* are wider than the tower")  # learnability, not parity
 
 
-def _model(kind: str) -> MutualForcing:
-    model = MutualForcing(modalities=MODALITIES[kind], tower=TOWER, distill_cfg=5.0, sd_weight=0.0)
+def _model(kind: str, track: bool = False) -> MutualForcing:
+    tower = dataclasses.replace(TOWER, transcript_track=track)
+    model = MutualForcing(modalities=MODALITIES[kind], tower=tower, distill_cfg=5.0, sd_weight=0.0)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.net.parameters():  # every parameter: gates, adaLN-Zero, d_embed's last layer, outputs
@@ -38,11 +41,11 @@ def _model(kind: str) -> MutualForcing:
 
 
 def _parity(kind: str, *, d: float = 0.0, cfg: float = 1.0, window: int | None = None, ctx_s: float = 0.0,
-            chunks: int = 4, teacher: bool = False) -> float:
+            chunks: int = 4, teacher: bool = False, track: bool = False) -> float:
     """Largest difference, relative to the largest velocity, between the streamed and the parallel velocity of every
     chunk. ``teacher``: the parallel side is the training teacher (``MutualForcing._multi_cfg``, guidance
     ``distill_cfg``) and the stream is guided at that scale."""
-    model = _model(kind)
+    model = _model(kind, track)
     seq, batch = model.seq, 2
     frames = torch.randint(0, 255, (batch, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     prefix = seq.prefix(frames)
@@ -95,6 +98,13 @@ def test_the_distillation_teacher_is_the_streamed_multi_mode_with_its_guidance()
 @pytest.mark.parametrize("window", [1, 2])
 def test_rolling_windows_past_their_length_see_the_same_sink_and_history(kind: str, window: int) -> None:
     assert _parity(kind, d=0.25, cfg=3.0, window=window, chunks=window + 4) < TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["joint", "video"])
+def test_the_transcript_track_is_read_alike_in_training_and_streaming(kind: str) -> None:
+    """Tokens that read the transcript frame by frame (``transcript_track``) get it at the same times from the cache
+    and in the parallel view, for the guided Few mode through a rolling window."""
+    assert _parity(kind, d=0.25, cfg=3.0, window=2, chunks=5, track=True) < TOLERANCE
 
 
 def test_context_written_at_a_noise_level_with_seeded_noise() -> None:
