@@ -76,15 +76,19 @@ class Cond:
     ids: Tensor  # (B, T) long; 0 = null, 1..vocab_size = hashed tokens
     time: Tensor  # (B, T) float; token midpoint in seconds from the window start
     mask: Tensor  # (B, T) bool; valid tokens
-    start: Tensor  # (B, T) float; token start in seconds (the null token: 0)
-    end: Tensor  # (B, T) float; token end in seconds (the null token: 0, an empty span)
+    start: Tensor | None = None  # (B, T) float; token start in seconds (default: its midpoint)
+    end: Tensor | None = None  # (B, T) float; token end in seconds (default: its midpoint, an empty span)
+
+    def __post_init__(self) -> None:
+        self.start = self.time if self.start is None else self.start
+        self.end = self.time if self.end is None else self.end
 
     @staticmethod
     def null(batch: int, device: torch.device | str | None = None) -> Cond:
         zeros = torch.zeros(batch, 1, device=device)
         return Cond(
             ids=torch.zeros(batch, 1, dtype=torch.long, device=device), time=zeros,
-            mask=torch.ones(batch, 1, dtype=torch.bool, device=device), start=zeros, end=zeros,
+            mask=torch.ones(batch, 1, dtype=torch.bool, device=device),
         )
 
     @staticmethod
