@@ -4,7 +4,7 @@ Each clip is a deterministic function of its seed. A character (background, face
 ellipse, voice pitch and timbre) speaks a random string of vowel syllables (a e i o u, 120-300 ms, pauses of
 40-300 ms): the audio is a harmonic source at f0 with vibrato shaped by two formants per vowel, an attack/release
 envelope per syllable and faint noise; the video is a bobbing face whose eyes blink at random times and whose mouth
-opens with the audio envelope of each frame and is wide for i/e, round for o/u. ``meta["ground_truth"]`` holds the
+opens with the audio envelope of each frame (from a closed line of lips) and is wide for i/e, round for o/u. ``meta["ground_truth"]`` holds the
 per-frame mouth opening, vowel and eye opening, the blink times and the identity parameters.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from lightning_mf.data.clip import Clip
 from lightning_mf.spec import AVSpec
 
-__all__ = ["PRESETS", "VOWELS", "SyntheticPreset", "synthesize_clip"]
+__all__ = ["PRESETS", "SYNTHETIC_VERSION", "VOWELS", "SyntheticPreset", "synthesize_clip"]
 
 VOWELS: tuple[str, ...] = ("a", "e", "i", "o", "u")
 
@@ -66,6 +66,11 @@ FACE_RADII = ((0.26, 0.36), (0.32, 0.40))
 BOB_AMPLITUDE, BOB_PERIOD_SECONDS = (0.005, 0.02), (1.5, 3.5)
 EYE_OFFSET, EYE_RADII = (0.42, -0.28), (0.17, 0.15)
 MOUTH_OFFSET_Y, MOUTH_MAX_HEIGHT = 0.45, 0.22
+# A closed mouth still shows its lips: a line this fraction of the open height. Without it, a clip that starts in a
+# pause (almost all do) hides the mouth's colour in its first frame, so no generator conditioned on that frame could
+# know what colour to open it in (and the oracle, which reads the mouth by its colour, would see no mouth at all).
+LIPS = 0.2
+SYNTHETIC_VERSION = 2  # bumped when the same seed renders differently (2: lips), so old shards are not reused
 MOUTH_WIDTH = {"a": 0.36, "e": 0.44, "i": 0.50, "o": 0.24, "u": 0.20, "": 0.36}
 MIN_COLOUR_DISTANCE = 120  # L1 over RGB between any two identity colours, and from the mouth to any edge blend
 SUPERSAMPLE = 4
@@ -296,7 +301,7 @@ def _render(
     eye_y, eye_rx, eye_ry = cy + EYE_OFFSET[1] * ry, EYE_RADII[0] * rx * ones, EYE_RADII[1] * ry * eye_open
     eyes = sum(_coverage(cx + side * EYE_OFFSET[0] * rx, eye_y, eye_rx, eye_ry, height, width) for side in (-1, 1))
     mouth_rx = np.array([MOUTH_WIDTH[v] for v in mouth_vowel]) * rx  # (T,)
-    mouth = _coverage(cx, cy + MOUTH_OFFSET_Y * ry, mouth_rx, MOUTH_MAX_HEIGHT * ry * mouth_open, height, width)
+    mouth = _coverage(cx, cy + MOUTH_OFFSET_Y * ry, mouth_rx, MOUTH_MAX_HEIGHT * ry * (LIPS + (1 - LIPS) * mouth_open), height, width)
     layers = (_coverage(cx, cy, rx * ones, ry * ones, height, width), np.minimum(eyes, 1.0), mouth)  # (T, H, W) each
 
     colours = identity.colours  # (4, 3) background, face, eye, mouth

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from lightning_mf.data.shards import ShardSummary, folder_sources, read_index, synthetic_sources, write_shards
+from lightning_mf.data.synthetic import SYNTHETIC_VERSION
 
 __all__ = ["folder", "inspect", "synthetic", "synthetic_origin"]
 
@@ -44,7 +45,7 @@ def synthetic(
 
 def synthetic_origin(preset: str, seed: int) -> str:
     """The ``origin`` that ``synthetic`` records in index.json (how the pipeline recognises shards it can reuse)."""
-    return f"synthetic preset={preset} seed={seed}"
+    return f"synthetic v{SYNTHETIC_VERSION} preset={preset} seed={seed}"
 
 
 def folder(
