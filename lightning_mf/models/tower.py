@@ -32,6 +32,11 @@ class TowerConfig:
         transcript_track: also add to every token an embedding of the transcript token spoken at its time (a pause
             and "no transcript" each have their own), read at each frame the token covers: the transcript's timing,
             start and end included, reaches every token directly instead of through cross-attention alone.
+        skip_sigma: if set, the data's standard deviation, and the velocity is preconditioned as in EDM:
+            ``v = c_skip(s) x_s + c_out(s) F`` with the linear skip that best predicts ``v = eps - x0`` from ``x_s``
+            (``c_skip(1) = 1``: near pure noise the noise passes through the skip and the network only adds the
+            clean image) and ``c_out`` the standard deviation of what is left. The objective and its optimum are
+            unchanged; without it the network must copy the token's noise through every block to its output.
     """
 
     dim: int = 128
@@ -41,10 +46,13 @@ class TowerConfig:
     vocab_size: int = 256
     time_max_hz: float = 40.0
     transcript_track: bool = False
+    skip_sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or (self.dim // self.heads) % 8:
             raise ValueError(f"TowerConfig: dim={self.dim} / heads={self.heads} must be an integer head size divisible by 8")
+        if self.skip_sigma is not None and not self.skip_sigma > 0:
+            raise ValueError(f"TowerConfig: skip_sigma must be > 0 (the data's standard deviation) or null, got {self.skip_sigma}")
         if self.depth < 1:
             raise ValueError(f"TowerConfig: depth must be at least 1, got {self.depth}")
 
@@ -102,6 +110,19 @@ class Tower(nn.Module):
             self.track = nn.ModuleList(nn.Embedding(config.vocab_size + 2, dim) for _ in self.track_offsets)
             for table in self.track:
                 nn.init.normal_(table.weight, std=0.5)  # about the scale of the token embeddings
+
+    def velocity(self, x: Tensor, s: Tensor, out: Tensor) -> Tensor:
+        """The velocity (B, N, C) from the network's output ``out`` for tokens ``x`` (B, N, C) at levels ``s`` (B, N):
+        ``out`` itself, or preconditioned with the skip of ``config.skip_sigma``."""
+        sigma = self.config.skip_sigma
+        if sigma is None:
+            return out
+        s = s[..., None].to(x.dtype)
+        var_x = (1 - s) ** 2 * sigma**2 + s**2  # Var(x_s) for x0 of std sigma and unit noise
+        cov = s - (1 - s) * sigma**2  # Cov(v, x_s)
+        c_skip = cov / var_x
+        c_out = (1 + sigma**2 - cov**2 / var_x).clamp_min(0).sqrt()
+        return c_skip * x + c_out * out
 
     def transcript_track(self, cond: Cond, times: Tensor) -> Tensor | None:
         """Sum over ``track_offsets`` of the embedding of what ``cond`` says is spoken at ``times + offset``:

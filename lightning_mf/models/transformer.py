@@ -154,7 +154,11 @@ class AVTransformer(nn.Module):
             for m in names:
                 cache.append(m, tokens[m].layout, *written[m])
             cache.roll()
-        return {m: self.towers[m].out(modulate(self.towers[m].final_norm(h[m]), final[m][0], final[m][1])) for m in names}
+        out = {}
+        for m in names:
+            tower = self.towers[m]
+            out[m] = tower.velocity(tokens[m].x, tokens[m].s, tower.out(modulate(tower.final_norm(h[m]), final[m][0], final[m][1])))
+        return out
 
     def _layer(
         self, i: int, h: dict[str, Tensor], ada: dict[str, Tensor], tokens: dict[str, Tokens], sources: list[str],

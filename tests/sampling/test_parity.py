@@ -30,8 +30,8 @@ TOLERANCE = 1e-5  # relative to the largest velocity
 pytestmark = pytest.mark.filterwarnings("ignore:tokens of .* are wider than the tower")  # learnability, not parity
 
 
-def _model(kind: str, track: bool = False) -> MutualForcing:
-    tower = dataclasses.replace(TOWER, transcript_track=track)
+def _model(kind: str, **options: object) -> MutualForcing:
+    tower = dataclasses.replace(TOWER, **options)
     model = MutualForcing(modalities=MODALITIES[kind], tower=tower, distill_cfg=5.0, sd_weight=0.0)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -41,11 +41,11 @@ def _model(kind: str, track: bool = False) -> MutualForcing:
 
 
 def _parity(kind: str, *, d: float = 0.0, cfg: float = 1.0, window: int | None = None, ctx_s: float = 0.0,
-            chunks: int = 4, teacher: bool = False, track: bool = False) -> float:
+            chunks: int = 4, teacher: bool = False, **options: object) -> float:
     """Largest difference, relative to the largest velocity, between the streamed and the parallel velocity of every
     chunk. ``teacher``: the parallel side is the training teacher (``MutualForcing._multi_cfg``, guidance
     ``distill_cfg``) and the stream is guided at that scale."""
-    model = _model(kind, track)
+    model = _model(kind, **options)
     seq, batch = model.seq, 2
     frames = torch.randint(0, 255, (batch, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     prefix = seq.prefix(frames)
@@ -104,7 +104,11 @@ def test_rolling_windows_past_their_length_see_the_same_sink_and_history(kind: s
 def test_the_transcript_track_is_read_alike_in_training_and_streaming(kind: str) -> None:
     """Tokens that read the transcript frame by frame (``transcript_track``) get it at the same times from the cache
     and in the parallel view, for the guided Few mode through a rolling window."""
-    assert _parity(kind, d=0.25, cfg=3.0, window=2, chunks=5, track=True) < TOLERANCE
+    assert _parity(kind, d=0.25, cfg=3.0, window=2, chunks=5, transcript_track=True) < TOLERANCE
+
+
+def test_a_preconditioned_velocity_is_the_same_in_training_and_streaming() -> None:
+    assert _parity("joint", d=0.25, cfg=3.0, ctx_s=0.1, skip_sigma=0.6) < TOLERANCE
 
 
 def test_context_written_at_a_noise_level_with_seeded_noise() -> None:
