@@ -13,6 +13,9 @@ Which question each metric answers (the floor and ceiling rows tell how to read 
   in sync with each other?
 - ``vowel_error_rate`` / ``speech_frame_error``: are the right vowels said, and is the voice silent when the
   transcript is (silence counted as a class)?
+- ``*_timing_r_frame_clip`` (generation from a first frame with another clip's transcript, :func:`swap_transcripts`):
+  does the model follow the transcript it is given (``*_timing_r`` high) and not the clip its first frame came from
+  (this one near 0)? A model that copies the timing it remembers for a character passes the first test only by luck.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from lightning_mf.metrics.vowels import SpeechFrameErrorRate, VowelErrorRate, tr
 from lightning_mf.models.syncnet import SyncNet
 from lightning_mf.spec import AVSpec
 
-__all__ = ["PRETRAINED", "Scorer", "copy_first_frame", "reference_rows"]
+__all__ = ["PRETRAINED", "Scorer", "copy_first_frame", "reference_rows", "swap_transcripts"]
 
 PRETRAINED = {"inception", "vggish", *VIDEO_ARCHS}
 
@@ -151,6 +154,15 @@ class Scorer:
                 out |= _floats(frames.compute())
         return out
 
+    @torch.no_grad()
+    def score_swapped(self, media: dict[str, Tensor], swapped: AVBatch, original: AVBatch) -> dict[str, float]:
+        """Metrics of ``media`` generated from ``swapped`` (:func:`swap_transcripts` of ``original``): every
+        transcript-following metric against the transcript given, and the timing against the first frame's own clip
+        as ``*_timing_r_frame_clip``."""
+        out = self.score(media, made_from=swapped, reference=original, shown=original, frechet=False)
+        own = self.score(media, made_from=original, reference=original, frechet=False)
+        return out | {k.replace("_timing_r", "_timing_r_frame_clip"): v for k, v in own.items() if "_timing_r" in k}
+
     def _frechet(self, name: str, real: Tensor, fake: Tensor) -> dict[str, float]:
         """``fd_<name>`` between ``real`` and ``fake`` ((B, n, ...): n inputs of the feature network per clip), and the
         half-width of its bootstrap 95% interval over clips (``fd_<name>_ci95``, ``bootstraps`` resamples of the clips
@@ -164,6 +176,20 @@ def copy_first_frame(clips: AVBatch, modalities: tuple[str, ...]) -> dict[str, T
     """The trivial generator: the conditioning frame held for the whole clip, and silence."""
     media = {"video": clips.video[:, :1].expand_as(clips.video).contiguous(), "audio": torch.zeros_like(clips.audio)}
     return {m: media[m] for m in modalities}
+
+
+def swap_transcripts(clips: AVBatch) -> AVBatch:
+    """The same clips (first frames, characters) with the transcript, and the ground-truth timing that goes with it,
+    of the next clip (the last takes the first's): the test that a model follows the transcript, not its first frame."""
+    if clips.size < 2:
+        raise ValueError("swap_transcripts needs at least 2 clips")
+    timing = ("mouth_open", "vowel")
+    meta = []
+    for mine, theirs in zip(clips.meta, clips.meta[1:] + clips.meta[:1]):
+        truth = dict(mine.get("ground_truth", {}))
+        truth |= {k: theirs["ground_truth"][k] for k in timing if k in theirs.get("ground_truth", {})}
+        meta.append(mine | {"transcript": theirs["transcript"], "ground_truth": truth})
+    return AVBatch(clips.video, clips.audio, clips.start_frame, clips.keys, meta)
 
 
 def reference_rows(scorer: Scorer, conditions: AVBatch, others: AVBatch) -> dict[str, dict[str, float]]:

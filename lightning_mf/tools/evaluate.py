@@ -18,7 +18,7 @@ from lightning_mf.data.datamodule import AVDataModule
 from lightning_mf.data.shards import read_index
 from lightning_mf.lit.base import FlowModule, SamplerConfig
 from lightning_mf.metrics.intervals import table
-from lightning_mf.metrics.scoring import Scorer, reference_rows
+from lightning_mf.metrics.scoring import Scorer, reference_rows, swap_transcripts
 
 __all__ = ["evaluate", "load_module", "parse_mode"]
 
@@ -66,6 +66,7 @@ def evaluate(
     seed: int = 0,
     weights: Literal["ema", "online"] | None = None,
     bootstraps: int = 100,
+    swapped: bool = False,
     out: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Generate from held-out conditions in each mode and score the clips; print a table and write JSON.
@@ -92,6 +93,10 @@ def evaluate(
             EMA of 0.99 after 100 steps still holds a third of stage 2); default: the EMA when the checkpoint has one.
         bootstraps: resamples of the clips behind each Fréchet distance's 95% interval (0: none); the other
             metrics' intervals are 1.96 standard errors over clips.
+        swapped: also generate each mode from the same first frames with another clip's transcript (a row
+            ``<mode>, another clip's transcript``, after the reference row ``real, another clip's transcript``):
+            ``*_timing_r`` against the transcript given, ``*_timing_r_frame_clip`` against the first frame's own clip.
+            A model that follows the transcript scores high on the first and near 0 on the second. Twice the time.
         out: path of the JSON report (optional).
     """
     module = load_module(ckpt)
@@ -115,6 +120,9 @@ def evaluate(
     scorer.check_length(conditions)
     print(f"scoring the reference rows: {num_clips} held-out clips of {window_chunks} chunks", flush=True)
     rows = reference_rows(scorer, conditions, take_windows(datamodule.val_dataloader(), num_clips, skip=num_clips))
+    other = swap_transcripts(conditions) if swapped else None
+    if other is not None:
+        rows["real, another clip's transcript"] = scorer.score_swapped({m: getattr(conditions, m) for m in module.seq.modalities}, other, conditions)
     with torch.no_grad():
         for mode in modes:
             sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift), seed=seed, use_ema=weights == "ema")
@@ -123,9 +131,15 @@ def evaluate(
             seconds = time.perf_counter() - start
             scores = scorer.score(media, made_from=conditions, reference=conditions)
             rows[mode] = scores | {"nfe_per_chunk": sampler.nfe(), "generate_seconds": seconds}
+            if other is not None:
+                media = module.generate(other, sampler=sampler, progress=f"{mode}, another clip's transcript")
+                rows[f"{mode}, another clip's transcript"] = scorer.score_swapped(media, other, conditions)
     _print_table(rows)
     if out is not None:
-        report = {"ckpt": ckpt, "data": data, "num_clips": num_clips, "window_chunks": window_chunks, "seed": seed, "weights": weights}
+        report = {
+            "ckpt": ckpt, "data": data, "num_clips": num_clips, "window_chunks": window_chunks, "seed": seed, "weights": weights,
+            "swapped": swapped,
+        }
         Path(out).write_text(json.dumps(report | {"rows": rows}, indent=1))
         print(f"report: {out}")
     return rows

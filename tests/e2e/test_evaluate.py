@@ -35,9 +35,13 @@ def test_evaluate_writes_reference_rows_and_one_row_per_mode(tiny_shards: Path, 
     torch.save(SyncNet(AVSpec()).state_dict(), tmp_path / "syncnet.pt")  # untrained: only the plumbing is checked
     rows = run([
         "evaluate", "--ckpt", str(ckpt), "--data", str(tiny_shards), "--modes", "[multi2, multi2heun]",
-        "--num-clips", "2", "--bootstraps", "20", "--syncnet", str(tmp_path / "syncnet.pt"), "--out", str(report),
+        "--num-clips", "2", "--bootstraps", "20", "--syncnet", str(tmp_path / "syncnet.pt"), "--swapped", "true", "--out", str(report),
     ])  # whole clips by default
-    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "multi2", "multi2heun"]
+    swaps = ["real, another clip's transcript", "multi2, another clip's transcript", "multi2heun, another clip's transcript"]
+    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", swaps[0], "multi2", swaps[1], "multi2heun", swaps[2]]
+    assert all({"video_timing_r", "video_timing_r_frame_clip", "audio_timing_r_frame_clip"} <= set(rows[k]) for k in swaps)
+    assert rows[swaps[0]]["video_timing_r_frame_clip"] > 0.9  # real clips follow their own clip, not the swapped words
+    rows = {k: v for k, v in rows.items() if k not in swaps}
     assert all({"lse_d", "lse_c", "av_offset", "fd_motion", "video_timing_r", "audio_timing_r"} <= set(row) for row in rows.values())
     real, others, static, generated = (rows[k] for k in ("real (held-out)", "real, other characters", "copy first frame", "multi2"))
     assert real["oracle_sync_corr"] > 0.8 and real["drift_mean"] < 1.0  # real clips are in sync and stable
