@@ -69,7 +69,7 @@ def main() -> None:
             row |= transcript_probe(module, clips, levels)
             curves.setdefault(str(run), []).append(row)
             print(json.dumps(row), flush=True)
-    keys = [k for k in next(iter(curves.values()))[0] if k.startswith("s")]
+    keys = [k for k in next(iter(curves.values()))[0] if re.match(r"s[\d.]+_", k)]
     print(f"\n| run | step | seconds | {' | '.join(keys)} |\n|---|---|---|{'---|' * len(keys)}")
     for rows in curves.values():
         for row in rows:
