@@ -121,10 +121,12 @@ class AVTransformer(nn.Module):
                 h[m] = h[m] + track
             step = torch.where(t.layout.clean.to(d.device), 0.0, d[:, None])  # (B, N): context stays at d = 0
             # tokens of a chunk share (s, d): embed each distinct pair once, then give every token its pair's rows
+            # (index_select, not x[which]: the backward of advanced indexing adds in a thread-dependent order on the CPU,
+            # which breaks bitwise resume; index_select's backward is deterministic)
             pairs, which = torch.unique(torch.stack([t.s.to(step.dtype), step], -1).flatten(0, 1), dim=0, return_inverse=True)
             c = F.silu(tower.condition(pairs[:, 0], pairs[:, 1]))  # (U, D), U distinct pairs
-            ada[m] = tower.adaln(c)[which].view(batch, -1, 6, tower.dim)  # (B, N, 6, D), shared by the blocks
-            final[m] = tower.final_adaln(c)[which].view(batch, -1, 2 * tower.dim).chunk(2, dim=-1)
+            ada[m] = tower.adaln(c).index_select(0, which).view(batch, -1, 6, tower.dim)  # (B, N, 6, D), shared by the blocks
+            final[m] = tower.final_adaln(c).index_select(0, which).view(batch, -1, 2 * tower.dim).chunk(2, dim=-1)
             text[m] = self._text(tower, cond, t.x.device)
         key_layouts = {}  # keys are [cached ; current] per source modality
         for o in sources:
