@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from lightning_mf.batch import Cond
+from lightning_mf.flow import sample_noise_levels
 from lightning_mf.models.transformer import Tokens
 from lightning_mf.objectives.flow_matching import NoiseSchedule, teacher_forcing_flow_matching
 from lightning_mf.sequence import AVSequencer
@@ -22,9 +24,11 @@ class AffineStub(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[dict[str, Tokens], Tensor | float]] = []
+        self.options: list[dict[str, object]] = []  # the keyword arguments of each call (cond, window)
 
-    def forward(self, tokens: dict[str, Tokens], d: Tensor | float = 0.0, **_: object) -> dict[str, Tensor]:
+    def forward(self, tokens: dict[str, Tokens], d: Tensor | float = 0.0, **options: object) -> dict[str, Tensor]:
         self.calls.append((tokens, d))
+        self.options.append(options)
         return {m: 0.5 * t.x + 0.25 for m, t in tokens.items()}
 
 
@@ -90,3 +94,48 @@ def test_errors_are_bucketed_by_noise_level_with_the_last_bucket_closed() -> Non
     assert float(result.loss({"audio": 0.5})) == 0.5 * float(errors.mean())
     empty = FlowMatchingResult(errors={"audio": errors[:, :1]}, levels={"audio": levels[:, :1]})
     assert list(empty.by_bucket()) == ["audio_s0.00-0.25"]  # buckets without a level are skipped
+
+
+def test_a_given_history_is_seen_as_is_with_its_levels_window_and_transcript() -> None:
+    """Mutual Forcing's case: the history is a rollout already written at its context level, so it reaches the
+    network unchanged (not replaced by the real chunks, not noised again by ``context_noise``), and the window and
+    transcript reach the network too."""
+    x0, prefix = _data(2)
+    g = torch.Generator().manual_seed(3)
+    history = {m: torch.randn(x.shape, generator=g) for m, x in x0.items()}
+    levels = {m: torch.full(x.shape[:2], 0.3) for m, x in x0.items()}
+    cond = Cond.from_transcripts([[{"token": "a", "start": 0.0, "end": 0.2}], []], 8)
+    net = AffineStub()
+    teacher_forcing_flow_matching(
+        net, SEQ, x0, prefix, cond, NoiseSchedule(context_noise=0.5), history=history, window=2, history_levels=levels
+    )
+    (tokens, _), = net.calls
+    assert net.options[0]["window"] == 2 and net.options[0]["cond"] is cond
+    for m, x in x0.items():
+        n, t = x.shape[1], tokens[m]
+        assert torch.equal(t.x[:, -2 * n : -n], history[m]) and torch.equal(t.s[:, -2 * n : -n], levels[m])
+        assert t.layout.clean[-2 * n : -n].all()
+
+
+@pytest.mark.parametrize("independent", [True, False])
+def test_modalities_draw_their_own_levels_only_when_independent(independent: bool) -> None:
+    x0, prefix = _data(4)
+    result = teacher_forcing_flow_matching(AffineStub(), SEQ, x0, prefix, None, NoiseSchedule(independent_modalities=independent))
+    per_chunk = {m: s.unflatten(1, (CHUNKS, -1))[..., 0] for m, s in result.levels.items()}  # (B, L)
+    assert torch.equal(per_chunk["video"], per_chunk["audio"]) is not independent
+
+
+@pytest.mark.parametrize(
+    "schedule", [NoiseSchedule(shift=2.0, loc=0.5, scale=0.7), NoiseSchedule(distribution="uniform", shift=3.0)]
+)
+def test_the_schedule_draws_with_its_own_distribution_and_parameters(schedule: NoiseSchedule) -> None:
+    torch.manual_seed(5)
+    drawn = schedule.draw(64, 3, torch.device("cpu"))
+    torch.manual_seed(5)
+    expected = sample_noise_levels(
+        (64, 3), device="cpu", distribution=schedule.distribution, shift=schedule.shift, loc=schedule.loc, scale=schedule.scale
+    )
+    torch.manual_seed(5)
+    default = NoiseSchedule().draw(64, 3, torch.device("cpu"))
+    assert drawn.shape == (64, 3) and torch.equal(drawn, expected)
+    assert (drawn - default).abs().mean() > 0.05  # the parameters matter: a schedule that ignored them would fail

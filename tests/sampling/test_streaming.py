@@ -104,3 +104,43 @@ def test_a_transcript_given_per_chunk_reaches_each_chunk() -> None:
     for a, b in zip(direct, per_chunk):
         assert all(torch.equal(a[m], b[m]) for m in a)
     assert any(not torch.equal(a[m], b[m]) for a, b in zip(direct, run(None)) for m in a)  # the transcript matters
+
+
+def test_the_prefix_is_written_with_chunk_ones_transcript_into_each_branchs_cache() -> None:
+    """The sink is cached once, before chunk 1, under chunk 1's conditioning (its unconditional version in CFG's
+    second cache): the transcript of a later chunk must not leak into it."""
+    net, seq = _model(("video", "audio"))
+    prefix = seq.prefix(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    conds = {k: Cond.from_transcripts([[{"token": chr(97 + k), "start": 0.0, "end": 0.1}]], 16) for k in (1, 2)}
+    writes: list[Cond] = []
+
+    def recording(tokens, cond=None, cache=None, write=False, **options):
+        if write:
+            writes.append(cond)
+        return net(tokens, cond=cond, cache=cache, write=write, **options)
+
+    sample = partial(integrate, grid=grid(1, 1.0, few=False))
+    list(stream(recording, seq, sample, num_chunks=2, batch=1, prefix=prefix, cond=lambda k: conds[k], cfg_scale=2.0))
+    # prefix (cond, uncond), chunk 1 (cond, uncond), chunk 2 (cond, uncond)
+    assert len(writes) == 6
+    assert writes[0] is conds[1] and writes[2] is conds[1] and writes[4] is conds[2]
+    for unconditional, k in ((writes[1], 1), (writes[3], 1), (writes[5], 2)):
+        assert torch.equal(unconditional.mask, conds[k].unconditional().mask) and not torch.equal(unconditional.mask, conds[k].mask)
+
+
+def test_context_noise_comes_from_the_streams_generator_alone() -> None:
+    """With ``ctx_s > 0`` the written context is noised with the stream's generator: the same seed streams the same
+    clip whatever the global RNG did, and the noise really changes what later chunks see."""
+    net, seq = _model(("video", "audio"))
+    prefix = seq.prefix(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)))
+    sample = partial(integrate, grid=grid(2, 1.0, few=False))
+
+    def run(global_seed: int, ctx_s: float) -> list[dict[str, torch.Tensor]]:
+        torch.manual_seed(global_seed)
+        return list(stream(net, seq, sample, num_chunks=3, batch=1, prefix=prefix, ctx_s=ctx_s, generator=torch.Generator().manual_seed(4)))
+
+    a, b, clean = run(0, 0.3), run(1, 0.3), run(0, 0.0)
+    for x, y in zip(a, b):
+        assert all(torch.equal(x[m], y[m]) for m in x)
+    assert torch.equal(a[0]["video"], clean[0]["video"])  # chunk 1 sees only the prefix
+    assert (a[-1]["video"] - clean[-1]["video"]).abs().max() > 1e-3
