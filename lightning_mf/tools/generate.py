@@ -27,7 +27,7 @@ from lightning_mf.data.media import crop_resize, write_clip
 from lightning_mf.spec import AVSpec
 from lightning_mf.tools.evaluate import load_module, parse_mode
 
-__all__ = ["generate", "load_first_frame", "load_transcript", "words_near"]
+__all__ = ["first_frame_l1", "generate", "load_first_frame", "load_transcript", "words_near"]
 
 DEFAULT_SPAN_CHUNKS = 4  # text span (in chunks) when the checkpoint does not record its training window
 PROGRESS_AFTER = 8  # show a progress bar for streams longer than this many chunks
@@ -106,7 +106,8 @@ def generate(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = module.to(device).eval()
-    prefix = seq.prefix(load_first_frame(first_frame, spec).to(device)) if has_video else None
+    frame = load_first_frame(first_frame, spec) if has_video else None  # (1, 3, H, W) uint8
+    prefix = seq.prefix(frame.to(device)) if frame is not None else None
     vocab = module.tower_config.vocab_size
 
     def cond_of(k: int) -> Cond:  # chunk k ends at k * chunk_seconds
@@ -140,8 +141,17 @@ def generate(
         "chunks": float(chunks),
         "realtime_factor": streamed / spec.fps / stream_s,
     }
+    if frame is not None:  # how far the clip strays from the character it was given (a faithful clip: a few levels)
+        result["first_frame_l1"] = first_frame_l1(trimmed["video"][None], frame)
     _print_summary(result, written, mode, sampler.guidance, window, span, device, len(entries))
     return result
+
+
+def first_frame_l1(video: Tensor, first: Tensor) -> float:
+    """Mean ``|frame - first frame|`` in 0..255 levels of clips (B, T, 3, H, W) against their conditioning frames
+    (B, 3, H, W): a clip that shows the character it was given stays within a few levels (a talking face moves
+    only its mouth, eyes and outline); noise or another face is tens of levels away."""
+    return float((video.float() - first.to(video.device).float()[:, None]).abs().mean())
 
 
 def _timed(
@@ -239,6 +249,8 @@ def _print_summary(
         f"mode {mode} (CFG {guidance:g}), window {window if window is not None else 'all'}, on {device.type}: "
         f"NFE/chunk {int(r['nfe_per_chunk'])} (+{int(r['cache_nfe_per_chunk'])} cache write)"
     )
+    if "first_frame_l1" in r:
+        print(f"mean |frame - first frame| {r['first_frame_l1']:.1f} (0-255 levels)")
     print(
         f"FPS {r['fps']:.1f} (tokens only, {r['realtime_factor']:.2f}x real time), TTFC {r['ttfc_s'] * 1000:.1f} ms, "
         f"streaming {r['stream_s']:.3f} s, decoding {r['decode_s']:.3f} s"

@@ -23,7 +23,7 @@ from lightning_mf.data.synthetic import PRESETS
 from lightning_mf.metrics.intervals import table
 from lightning_mf.tools import shards
 from lightning_mf.tools.evaluate import evaluate
-from lightning_mf.tools.generate import generate
+from lightning_mf.tools.generate import first_frame_l1, generate
 
 __all__ = ["STAGES", "pipeline"]
 
@@ -80,12 +80,13 @@ def pipeline(
         out=str(root / "evaluation.json"),
     )
     _banner(f"generation: {duration:g} s (the training clips are {PRESETS[preset].clip_seconds:g} s), Few 4, rolling window")
-    first_frame, transcript = _conditions(preset, Path(data), root / "inputs")
+    first_frame, transcript, real_l1 = _conditions(preset, Path(data), root / "inputs")
     timing = generate(
         ckpt=str(checkpoints["mutual_forcing"]), first_frame=str(first_frame), transcript=str(transcript),
         duration=duration, mode="few4", out=str(root / "generated.mp4"),
     )
     _banner(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    timing["real_first_frame_l1"] = real_l1
     _summary(rows, root, timing)
     return {"evaluation": rows, "generation": timing, "video": str(root / "generated.mp4"), "logs": str(root)}
 
@@ -132,8 +133,9 @@ def _fit(preset: str, stage: str, budget: int, data: Path, root: Path, earlier: 
     return last
 
 
-def _conditions(preset: str, data: Path, out: Path) -> tuple[Path, Path]:
-    """The first held-out window's first frame (png) and its clip's transcript (json): inputs of ``generate``."""
+def _conditions(preset: str, data: Path, out: Path) -> tuple[Path, Path, float]:
+    """The first held-out window's first frame (png) and its clip's transcript (json), the inputs of ``generate``,
+    and the real clip's own mean |frame - first frame| (what a faithful generated clip is compared with)."""
     frames = int(PRESETS[preset].clip_seconds * PRESETS[preset].spec.fps)
     module = AVDataModule(root=str(data), spec=PRESETS[preset].spec, batch_size=1, window_chunks=frames // PRESETS[preset].spec.frames_per_chunk)
     module.setup("validate")
@@ -142,12 +144,16 @@ def _conditions(preset: str, data: Path, out: Path) -> tuple[Path, Path]:
     image, words = out / "first_frame.png", out / "transcript.json"
     Image.fromarray(window.video[0, 0].permute(1, 2, 0).numpy()).save(image)
     words.write_text(json.dumps(window.meta[0]["transcript"], indent=1))
-    return image, words
+    return image, words, first_frame_l1(window.video, window.video[:, 0])
 
 
 def _summary(rows: dict[str, dict[str, float]], root: Path, timing: dict[str, float]) -> None:
     names = list(rows)  # the reference rows (ceiling, floors) first, then the modes (evaluate's order)
     print("\n".join(table(rows, [m for m in SUMMARY if any(m in rows[name] for name in names)])))
     print(f"\ngenerated clip: {root / 'generated.mp4'} (+ .wav), {timing['duration_s']:g} s at {timing['fps']:.1f} frames/s streamed")
+    print(
+        f"                mean |frame - first frame| {timing['first_frame_l1']:.1f} levels of 255 "
+        f"(the real clip of that frame and transcript: {timing['real_first_frame_l1']:.1f})"
+    )
     print(f"evaluation:     {root / 'evaluation.json'}")
     print(f"TensorBoard:    tensorboard --logdir {root}")

@@ -18,7 +18,7 @@ from lightning_mf.data.media import decode_mp4, decode_wav, read_media
 from lightning_mf.lit import JointTraining, UniModalPretraining
 from lightning_mf.models import TowerConfig
 from lightning_mf.spec import AVSpec
-from lightning_mf.tools.generate import _training_chunks, load_first_frame, words_near
+from lightning_mf.tools.generate import _training_chunks, first_frame_l1, load_first_frame, words_near
 
 TOWER = TowerConfig(dim=32, depth=2, heads=2, vocab_size=32)
 WORDS = [
@@ -80,7 +80,11 @@ def test_generate_writes_mp4_and_wav_of_exactly_the_duration(
     assert result["frames"] == 21 and result["audio_samples"] == 21000 and result["duration_s"] == 21 / 16
     assert result["chunks"] == 11 and result["nfe_per_chunk"] == 2 and result["cache_nfe_per_chunk"] == 1
     assert result["fps"] > 0 and 0 < result["ttfc_s"] < result["stream_s"] and result["decode_s"] > 0
+    first = load_first_frame(str(inputs["frame"]), AVSpec())
+    written = torch.from_numpy(frames).permute(0, 3, 1, 2)[None]  # (1, T, 3, H, W) as decoded from the mp4
+    assert abs(result["first_frame_l1"] - first_frame_l1(written, first)) < 2.0  # the mp4's lossy coding moves it a little
     printed = capsys.readouterr().out
+    assert f"mean |frame - first frame| {result['first_frame_l1']:.1f}" in printed
     wav = out.with_suffix(".wav")
     assert all(word in printed for word in ("FPS", "TTFC", "NFE/chunk 2 (+1 cache write)", "few2", str(out), str(wav)))
 
@@ -189,3 +193,13 @@ def test_bad_inputs_name_their_option(inputs: dict[str, Path], tmp_path: Path) -
         run(base + ["--transcript", str(tmp_path / "broken.json")])
     with pytest.raises(ValueError, match='entry 1 {"token": "b", "start": 0.5, "end": 0.2}'):  # the bad entry, shown
         run(base + ["--transcript", str(tmp_path / "bad1.json")])
+
+
+def test_first_frame_l1_is_the_mean_absolute_level_difference_per_clip_frame_and_pixel() -> None:
+    first = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    first[1] = 200
+    video = first[:, None].repeat(1, 3, 1, 1, 1)  # (2, 3 frames, 3, 4, 4): the character held still
+    assert first_frame_l1(video, first) == 0.0
+    video[0, 1] = 30  # one frame of one clip 30 levels off everywhere; uint8 must not wrap around below 0
+    video[1, 2, :, :2] = 100  # half of a frame of the other clip 100 levels below its first frame
+    assert first_frame_l1(video, first) == pytest.approx((30 + 50) / 6)

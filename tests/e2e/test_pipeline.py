@@ -8,8 +8,10 @@ import subprocess
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 from helpers import REPO, readme_commands
+from PIL import Image
 
 from lightning_mf.data.media import decode_mp4, decode_wav
 from lightning_mf.tools.pipeline import STAGES
@@ -41,7 +43,14 @@ def test_readme_main_command_runs_the_pipeline_and_reruns_from_its_results(tmp_p
         assert re.search(rf"^{metric}(\s+\S+){{5}}$", table, flags=re.M), metric
     assert f"generated clip: {runs / 'generated.mp4'}" in table and f"tensorboard --logdir {runs}" in table
 
-    assert decode_mp4((runs / "generated.mp4").read_bytes()).shape == (48, 32, 32, 3)  # 3 s at 16 fps: longer than 2 s clips
+    video = decode_mp4((runs / "generated.mp4").read_bytes())
+    assert video.shape == (48, 32, 32, 3)  # 3 s at 16 fps: longer than 2 s clips
+    # how far the clip strays from its character, beside the real clip's own figure (a talking face: a few levels)
+    found = re.search(r"mean \|frame - first frame\| ([\d.]+) levels of 255 \(the real clip of that frame and transcript: ([\d.]+)\)", table)
+    assert found, table
+    first = np.asarray(Image.open(runs / "inputs" / "first_frame.png"))
+    assert abs(float(found.group(1)) - np.abs(video.astype(float) - first).mean()) < 2.0  # the mp4 is lossy
+    assert 0 < float(found.group(2)) < 10
     assert decode_wav((runs / "generated.wav").read_bytes())[0].shape == (48000,)
     with av.open(str(runs / "generated.mp4")) as container:  # the muxed AAC track: the same 3 s, padded to 1024-sample frames
         samples = sum(frame.samples for frame in container.decode(audio=0))
