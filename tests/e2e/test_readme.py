@@ -34,7 +34,7 @@ SMALLER = {  # appended to each README command of that verb: a few steps and bat
     "validate": ["--trainer.limit_val_batches", "1"],
     "test": ["--trainer.limit_test_batches", "1"],
     "predict": ["--trainer.limit_predict_batches", "1"],
-    "evaluate": ["--num-clips", "2"],
+    "evaluate": ["--num-clips", "2", "--window-chunks", "8"],  # half clips: whole ones are tests/e2e/test_evaluate.py's
 }
 QUIET = ["--trainer.enable_progress_bar", "false"]
 NOT_RUN = {  # run elsewhere in the suite; here their arguments are only parsed (--print_config)
@@ -161,7 +161,8 @@ def test_readme_commands_run_and_leave_what_they_promise(readme_runs: tuple[Path
 
     rows = _result(results, "evaluate", "[multi50, multi25heun]")[0]
     assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "multi50", "multi25heun"]
-    assert json.loads((root / "report.json").read_text())["num_clips"] == 2
+    report = json.loads((root / "report.json").read_text())
+    assert (report["num_clips"], report["window_chunks"]) == (2, 8)
     with_sync = _result(results, "evaluate", "--syncnet")[0]
     assert {"lse_d", "lse_c", "av_offset"} <= set(with_sync["multi50"])
 
