@@ -20,6 +20,8 @@ Which question each metric answers (the floor and ceiling rows tell how to read 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -77,6 +79,9 @@ class Scorer:
             self.features[name] = _pretrained(name, weights, spec.sample_rate)
         self.vowels = train_vowel_classifier(spec, num_clips=vowel_classifier_clips) if "audio" in modalities and vowel_classifier_clips else None
         self.syncnet = SyncNet(spec, weights=syncnet_weights).eval() if syncnet_weights is not None else None
+        # the reference side of each Fréchet distance, per feature: (the real clips it came from, their features); a
+        # table scores every row against the same real clips, so their features are computed once
+        self._reference_features: dict[str, tuple[Tensor, Tensor]] = {}
 
     def check_length(self, windows: AVBatch) -> None:
         """Fail before any generation when the windows are too short for a pretrained network."""
@@ -111,14 +116,15 @@ class Scorer:
         mouths = torch.tensor([i["mouth"] for i in identities], device=_device(media)) if all(identities) else None
         truths = [m.get("ground_truth", {}).get("mouth_open") for m in made_from.meta]
         if video is not None and frechet:
-            out |= self._frechet("frames", reference.video, video)  # (B, T, 3, H, W): T frames a clip
-            out |= self._frechet("clips", _clip_windows(reference.video), _clip_windows(video))
-            out |= self._frechet("motion", reference.video[:, None], video[:, None])  # one item a clip: the clip
+            real = reference.video
+            out |= self._frechet("frames", real, video, lambda v: v)  # (B, T, 3, H, W): T frames a clip
+            out |= self._frechet("clips", real, video, _clip_windows)
+            out |= self._frechet("motion", real, video, lambda v: v[:, None])  # one item a clip: the clip
             if "inception" in self.features:
-                out |= self._frechet("inception", reference.video, video)
+                out |= self._frechet("inception", real, video, lambda v: v)
             for name in VIDEO_ARCHS:
                 if name in self.features:
-                    out |= self._frechet(name, reference.video[:, None], video[:, None])
+                    out |= self._frechet(name, real, video, lambda v: v[:, None])
         if video is not None:
             drift = IdentityDrift(fps=self.spec.fps, **LOCAL)
             drift.update(video, made_from.video[:, 0].to(video.device))
@@ -139,9 +145,9 @@ class Scorer:
             out |= _floats(timing.compute())
         if audio is not None and frechet:
             spf = self.spec.samples_per_frame
-            out |= self._frechet("audio", _audio_windows(reference.audio, 4 * spf), _audio_windows(audio, 4 * spf))
+            out |= self._frechet("audio", reference.audio, audio, lambda a: _audio_windows(a, 4 * spf))
             if "vggish" in self.features:
-                out |= self._frechet("vggish", reference.audio[:, None], audio[:, None])
+                out |= self._frechet("vggish", reference.audio, audio, lambda a: a[:, None])
         if audio is not None and self.vowels is not None:
             transcripts = [m["transcript"] for m in made_from.meta]
             vowel = VowelErrorRate(self.vowels.to(audio.device), **LOCAL)
@@ -163,12 +169,15 @@ class Scorer:
         own = self.score(media, made_from=original, reference=original, frechet=False)
         return out | {k.replace("_timing_r", "_timing_r_frame_clip"): v for k, v in own.items() if "_timing_r" in k}
 
-    def _frechet(self, name: str, real: Tensor, fake: Tensor) -> dict[str, float]:
-        """``fd_<name>`` between ``real`` and ``fake`` ((B, n, ...): n inputs of the feature network per clip), and the
-        half-width of its bootstrap 95% interval over clips (``fd_<name>_ci95``, ``bootstraps`` resamples of the clips
-        of each side; 0 disables it)."""
+    def _frechet(self, name: str, real: Tensor, fake: Tensor, inputs: Callable[[Tensor], Tensor]) -> dict[str, float]:
+        """``fd_<name>`` between real and generated media, each made into ``inputs(media)`` ((B, n, ...): n inputs of
+        the feature network per clip), and the half-width of its bootstrap 95% interval over clips
+        (``fd_<name>_ci95``, ``bootstraps`` resamples of the clips of each side; 0 disables it)."""
         feature = self.features[name].to(real.device)
-        value, half = frechet_ci95(_features(feature, real), _features(feature, fake), bootstraps=self.bootstraps, **LOCAL)
+        cached = self._reference_features.get(name)
+        if cached is None or cached[0] is not real:  # the same tensor object: the same clips
+            self._reference_features[name] = cached = (real, _features(feature, inputs(real)))
+        value, half = frechet_ci95(cached[1], _features(feature, inputs(fake)), bootstraps=self.bootstraps, **LOCAL)
         return {f"fd_{name}": value} | ({f"fd_{name}_ci95": half} if self.bootstraps else {})
 
 

@@ -44,3 +44,19 @@ def test_interval_is_reproducible_narrows_with_more_clips_and_leaves_the_rng_alo
 def test_ungrouped_features_are_refused() -> None:
     with pytest.raises(ValueError, match="grouped per clip"):
         frechet_ci95(torch.randn(10, 4), torch.randn(10, 4))
+
+
+def test_each_resample_is_the_exact_gaussian_of_the_clips_it_drew() -> None:
+    """The batched bootstrap (per-clip sums weighted by draw counts) equals refilling a metric with the drawn clips."""
+    from lightning_mf.metrics.frechet import _resampled_gaussians, frechet_distance
+
+    feats = _clips(5, 3, dim=4)
+    mean, cov = _resampled_gaussians(feats, 6, torch.Generator().manual_seed(3))
+    draws = torch.randint(5, (6, 5), generator=torch.Generator().manual_seed(3))  # the draws it made
+    for r in range(6):
+        drawn = feats[draws[r]].flatten(0, 1)  # (5 * 3, 4): repeated clips repeated
+        assert torch.allclose(mean[r], drawn.mean(0), atol=1e-12) and torch.allclose(cov[r], drawn.T.cov(), atol=1e-12)
+    other_mean, other_cov = mean.flip(0), cov.flip(0)
+    batched = frechet_distance(mean, cov, other_mean, other_cov)
+    one_by_one = torch.stack([frechet_distance(mean[r], cov[r], other_mean[r], other_cov[r]) for r in range(6)])
+    assert batched.shape == (6,) and torch.allclose(batched, one_by_one, atol=1e-12) and batched.max() > 0.1

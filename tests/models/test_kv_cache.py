@@ -44,3 +44,42 @@ def test_only_clean_context_is_cached_and_a_window_is_a_chunk_or_more() -> None:
     cache = KVCache()
     with pytest.raises(ValueError, match="cached tokens are context and must be marked clean"):
         cache.append("video", Layout(torch.tensor([1]), torch.tensor([False])), [torch.zeros(1, 1, 1, 2)], [torch.zeros(1, 1, 1, 2)])
+
+
+def test_without_autograd_extend_reads_in_place_and_leaves_the_cache_unchanged() -> None:
+    """Generation stages the current keys behind the cached ones and attends to a view: same values as a
+    concatenation, no copy of the cache, and nothing cached until ``append``; the buffer grows keeping its tokens."""
+    cache = KVCache()
+    _write(cache, "video", [0])
+    new_k, new_v = torch.full((1, 1, 3, 2), 7.0), torch.full((1, 1, 3, 2), -7.0)
+    with torch.no_grad():
+        for _ in range(2):  # the second call reuses the spare capacity the first one made
+            k, v = cache.extend("video", 1, [new_k], [new_v])
+            assert k[0, 0, :, 0].tolist() == [1.0, 7.0, 7.0, 7.0] and v[0, 0, :, 0].tolist() == [-1.0, -7.0, -7.0, -7.0]
+            assert k.data_ptr() == cache.k["video"][1].data_ptr()  # a view of the buffer, not a new tensor
+        assert cache.layout("video").chunk.tolist() == [0] and cache.get("video", 1)[0].shape[2] == 1
+        for chunk in range(1, 5):  # appends past the capacity: the buffer doubles and keeps what it held
+            _write(cache, "video", [chunk])
+    assert cache.get("video", 1)[0][0, 0, :, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert cache.k["video"][1].shape[2] >= 5
+
+
+def test_with_autograd_extend_concatenates_so_gradients_reach_the_keys() -> None:
+    """A training step attending to the cache: keys of a graph are never overwritten, gradients flow to them."""
+    cache = KVCache()
+    k0 = torch.ones(1, 1, 2, 2, requires_grad=True)
+    cache.append("video", Layout(torch.tensor([0, 0]), torch.ones(2, dtype=torch.bool)), [k0], [k0 * 2])
+    new = torch.full((1, 1, 1, 2), 3.0, requires_grad=True)
+    k, v = cache.extend("video", 0, [new], [new])
+    assert k.data_ptr() != cache.k["video"][0].data_ptr() and k[0, 0, :, 0].tolist() == [1.0, 1.0, 3.0]
+    (k.sum() + v.sum()).backward()
+    assert new.grad.tolist() == [[[[2.0, 2.0]]]] and k0.grad.tolist() == [[[[3.0, 3.0], [3.0, 3.0]]]]
+    with torch.no_grad():  # a buffer of a graph is not written in place, even without autograd
+        cache.append("video", Layout(torch.tensor([1]), torch.tensor([True])), [new.detach()], [new.detach()])
+    assert cache.get("video", 0)[0][0, 0, :, 0].tolist() == [1.0, 1.0, 3.0] and k0.grad is not None
+    streamed = KVCache()  # written by generation (no autograd), then read by a training step
+    with torch.no_grad():
+        _write(streamed, "video", [0])
+    k, _ = streamed.extend("video", 0, [new], [new])
+    assert k.requires_grad and k.data_ptr() != streamed.k["video"][0].data_ptr()
+    assert not streamed.k["video"][0].requires_grad
