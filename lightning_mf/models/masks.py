@@ -20,12 +20,13 @@ however long the stream runs. The transformer appends a time-shifted copy of the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Layout", "attention_mask", "sink_shift"]
+__all__ = ["Layout", "attention_mask", "mask_mod", "sink_shift"]
 
 SINK_CHUNK = 0
 
@@ -62,10 +63,26 @@ def attention_mask(q: Layout, k: Layout, window: int | None = None, k_shift: Ten
     ``k_shift`` (Nk,): the shift (in chunks) of each sink key copy (0 for every other key); a query sees only the
     sink copy of its own :func:`sink_shift`. None: no copies (every query's shift is 0).
     """
-    qc, kc = q.chunk[:, None], k.chunk[None, :]
-    allowed = (k.clean[None, :] & (kc < qc)) | ((kc == qc) & (k.clean[None, :] == q.clean[:, None]))
+    k_shift = torch.zeros_like(k.chunk) if k_shift is None else k_shift
+    return _allowed(q.chunk[:, None], q.clean[:, None], k.chunk[None, :], k.clean[None, :], k_shift[None, :], window)
+
+
+def mask_mod(q: Layout, k: Layout, window: int | None = None, k_shift: Tensor | None = None) -> Callable[..., Tensor]:
+    """The rule of :func:`attention_mask` as a ``flex_attention`` ``mask_mod(b, h, q_idx, kv_idx)``: the block mask
+    built from it skips whole blocks of keys a query block cannot see (earlier chunks outside the window, later
+    chunks), where a dense mask is O(Nq Nk) memory and rules out the fused kernels."""
+    k_shift = torch.zeros_like(k.chunk) if k_shift is None else k_shift
+
+    def allowed(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return _allowed(q.chunk[q_idx], q.clean[q_idx], k.chunk[kv_idx], k.clean[kv_idx], k_shift[kv_idx], window)
+
+    return allowed
+
+
+def _allowed(qc: Tensor, q_clean: Tensor, kc: Tensor, k_clean: Tensor, k_shift: Tensor, window: int | None) -> Tensor:
+    """The rule, element-wise on broadcastable chunk indices, clean flags and sink-copy shifts."""
+    allowed = (k_clean & (kc < qc)) | ((kc == qc) & (k_clean == q_clean))
     if window is not None:
-        allowed &= (kc >= qc - window) | (kc == SINK_CHUNK)
-        k_shift = torch.zeros_like(k.chunk) if k_shift is None else k_shift
-        allowed &= (kc != SINK_CHUNK) | (k_shift[None, :] == sink_shift(q.chunk, window)[:, None])
+        allowed = allowed & ((kc >= qc - window) | (kc == SINK_CHUNK))
+        allowed = allowed & ((kc != SINK_CHUNK) | (k_shift == sink_shift(qc, window)))
     return allowed

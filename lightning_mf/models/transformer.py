@@ -25,12 +25,13 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from lightning_mf.batch import Cond
+from lightning_mf.models.attention import LayoutMask, attend_layouts
 from lightning_mf.models.kv_cache import KVCache
 from lightning_mf.models.layers import modulate
-from lightning_mf.models.masks import SINK_CHUNK, Layout, attention_mask, sink_shift
+from lightning_mf.models.masks import SINK_CHUNK, Layout, sink_shift
 from lightning_mf.models.tower import Tower
 
-__all__ = ["AVTransformer", "Tokens", "attend"]
+__all__ = ["AVTransformer", "Tokens"]
 
 
 @dataclass
@@ -41,16 +42,6 @@ class Tokens:
     s: Tensor  # (B, N) noise level of each token (0 = clean)
     pos: Tensor  # (N, 3) time in seconds, row, column
     layout: Layout  # chunk index and clean flag of each token
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Masked attention (B, H, Nq, Dh); a query with no visible key gets zeros (e.g. the video prefix looking
-    at audio, which has no prefix) instead of the NaN of a softmax over nothing."""
-    empty = ~mask.any(-1)  # (..., Nq)
-    if bool(empty.any()):
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | empty[..., None])
-        return out.masked_fill(empty[..., None], 0.0)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class AVTransformer(nn.Module):
@@ -120,13 +111,7 @@ class AVTransformer(nn.Module):
             if track is not None:
                 h[m] = h[m] + track
             step = torch.where(t.layout.clean.to(d.device), 0.0, d[:, None])  # (B, N): context stays at d = 0
-            # tokens of a chunk share (s, d): embed each distinct pair once, then give every token its pair's rows
-            # (index_select, not x[which]: the backward of advanced indexing adds in a thread-dependent order on the CPU,
-            # which breaks bitwise resume; index_select's backward is deterministic)
-            pairs, which = torch.unique(torch.stack([t.s.to(step.dtype), step], -1).flatten(0, 1), dim=0, return_inverse=True)
-            c = F.silu(tower.condition(pairs[:, 0], pairs[:, 1]))  # (U, D), U distinct pairs
-            ada[m] = tower.adaln(c).index_select(0, which).view(batch, -1, 6, tower.dim)  # (B, N, 6, D), shared by the blocks
-            final[m] = tower.final_adaln(c).index_select(0, which).view(batch, -1, 2 * tower.dim).chunk(2, dim=-1)
+            ada[m], final[m] = self._modulation(tower, t.s.to(step.dtype), step)
             text[m] = self._text(tower, cond, t.x.device)
         key_layouts = {}  # keys are [cached ; current] per source modality
         for o in sources:
@@ -141,7 +126,7 @@ class AVTransformer(nn.Module):
                 k_layout = Layout.cat([k_layout, Layout(k_layout.chunk[index], k_layout.clean[index])])
                 k_shift = torch.cat([torch.zeros_like(k_layout.chunk[: len(key_layouts[o])]), shift])
             for m in names:
-                masks[(m, o)] = attention_mask(tokens[m].layout, k_layout, window, k_shift)
+                masks[(m, o)] = LayoutMask(tokens[m].layout, k_layout, window, k_shift)
         written: dict[str, tuple[list[Tensor], list[Tensor]]] = {m: ([], []) for m in names}
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and not write
         for i in range(self.depth):
@@ -164,9 +149,26 @@ class AVTransformer(nn.Module):
             out[m] = tower.velocity(tokens[m].x, tokens[m].s, tower.out(modulate(tower.final_norm(h[m]), final[m][0], final[m][1])))
         return out
 
+    @staticmethod
+    def _modulation(tower: Tower, s: Tensor, d: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """adaLN rows of tokens at levels ``s`` and step sizes ``d`` (B, N): (B, N, 6, D) for the blocks, and the final
+        layer's shift and scale (B, N, D) each; (1, 1, ...) broadcast rows when every token shares one (s, d), as in
+        a streaming step (then nothing per token is materialised, a tenth of a late Multi-mode forward on 2 cores)."""
+        if s.shape[1] > 0 and bool((s == s[:1, :1]).all()) and bool((d == d[:1, :1]).all()):
+            c = F.silu(tower.condition(s[:1, 0], d[:1, 0]))  # (1, D)
+            return tower.adaln(c).view(1, 1, 6, tower.dim), tower.final_adaln(c).view(1, 1, 2 * tower.dim).chunk(2, dim=-1)
+        # tokens of a chunk share (s, d): embed each distinct pair once, then give every token its pair's rows
+        # (index_select, not x[which]: the backward of advanced indexing adds in a thread-dependent order on the CPU,
+        # which breaks bitwise resume; index_select's backward is deterministic)
+        batch = s.shape[0]
+        pairs, which = torch.unique(torch.stack([s, d], -1).flatten(0, 1), dim=0, return_inverse=True)
+        c = F.silu(tower.condition(pairs[:, 0], pairs[:, 1]))  # (U, D), U distinct pairs
+        ada = tower.adaln(c).index_select(0, which).view(batch, -1, 6, tower.dim)  # (B, N, 6, D), shared by the blocks
+        return ada, tower.final_adaln(c).index_select(0, which).view(batch, -1, 2 * tower.dim).chunk(2, dim=-1)
+
     def _layer(
         self, i: int, h: dict[str, Tensor], ada: dict[str, Tensor], tokens: dict[str, Tokens], sources: list[str],
-        masks: dict[tuple[str, str], Tensor], text: dict[str, tuple[Tensor, Tensor, Tensor]], cache: KVCache | None,
+        masks: dict[tuple[str, str], LayoutMask], text: dict[str, tuple[Tensor, Tensor, Tensor]], cache: KVCache | None,
         sinks: dict[str, tuple[Tensor, Tensor]],
     ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
         """Block ``i`` of every tower: fused (gated cross-modal) self-attention, text cross-attention, MLP. Returns
@@ -181,25 +183,28 @@ class AVTransformer(nn.Module):
             keys[m] = self.towers[m].rope.rotate(block.k_norm(block.split_heads(qkv[1])), pos)
             values[m] = block.split_heads(qkv[2])
         current = {m: (keys[m], values[m]) for m in names}
-        for o in sources:  # prepend what the cache holds
-            cached = cache.get(o, i) if cache is not None else None
-            if cached is not None:
-                keys[o] = torch.cat([cached[0], keys[o]], dim=2) if o in tokens else cached[0]
-                values[o] = torch.cat([cached[1], values[o]], dim=2) if o in tokens else cached[1]
-            if o in sinks:  # append the sink keys moved forward in time (RoPE angles add: rotate the rotated keys)
+        for o in sources:  # keys are [cached ; current ; moved sink copies]
+            cached = cache is not None and cache.layout(o) is not None
+            parts = ([keys[o]], [values[o]]) if o in tokens else ([], [])
+            if cached:  # read in place: no copy of the whole cache per forward (KVCache.extend)
+                keys[o], values[o] = cache.extend(o, i, *parts)
+            if o in sinks:  # the sink keys moved forward in time (RoPE angles add: rotate the rotated keys)
                 index, shift = sinks[o]
                 moved = torch.zeros(len(index), 3, device=index.device)
                 moved[:, 0] = shift.float() * self.chunk_seconds
-                keys[o] = torch.cat([keys[o], self.towers[o].rope.rotate(keys[o][:, :, index], moved)], dim=2)
-                values[o] = torch.cat([values[o], values[o][:, :, index]], dim=2)
+                sink_k, sink_v = self.towers[o].rope.rotate(keys[o][:, :, index], moved), values[o][:, :, index]
+                if cached:
+                    keys[o], values[o] = cache.extend(o, i, parts[0] + [sink_k], parts[1] + [sink_v])
+                else:
+                    keys[o], values[o] = torch.cat([keys[o], sink_k], dim=2), torch.cat([values[o], sink_v], dim=2)
         out_h = {}
         for m in names:
             block = self.towers[m].blocks[i]
-            out = attend(q[m], keys[m], values[m], masks[(m, m)])  # (B, H, N, Dh)
+            out = attend_layouts(q[m], keys[m], values[m], masks[(m, m)])  # (B, H, N, Dh)
             for o in sources:
                 if o != m:
                     gate = torch.tanh(self.gates[f"{m}_from_{o}"][i])
-                    out = out + gate * attend(q[m], keys[o], values[o], masks[(m, o)])
+                    out = out + gate * attend_layouts(q[m], keys[o], values[o], masks[(m, o)])
             x = h[m] + mod[m][:, :, 2] * block.proj(out.transpose(1, 2).flatten(2))
             x = x + self._cross_attend(self.towers[m], block, x, tokens[m].pos, text[m])
             out_h[m] = x + mod[m][:, :, 5] * block.mlp(modulate(block.norm3(x), mod[m][:, :, 3], mod[m][:, :, 4]))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightning_mf.models.masks import Layout
-from lightning_mf.models.transformer import attend
+from lightning_mf.models.attention import attend
 
 FAULTS = {  # chunk shape, clean shape: each fault alone
     "unequal": ((3,), (2,)),

@@ -30,14 +30,17 @@ def _stream(model: AVTransformer, tokens: dict[str, Tokens], chunks: int, window
 
 @pytest.mark.parametrize("kind", list(MODELS))
 @pytest.mark.parametrize("window", [None, 2])
-def test_cached_streaming_equals_full_forward(kind: str, window: int | None, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("autograd", [True, False], ids=["grad", "no_grad"])
+def test_cached_streaming_equals_full_forward(kind: str, window: int | None, autograd: bool, request: pytest.FixtureRequest) -> None:
+    """With autograd the cache concatenates; without it (generation) it reads its keys in place: both must stream."""
     fixture, modalities = MODELS[kind]
     model = request.getfixturevalue(fixture)
     chunks = 6
     tokens = sequence(modalities, chunks)
     cond = Cond.from_transcripts([[{"token": "a", "start": 0.1, "end": 0.3}], [{"token": "o", "start": 0.5, "end": 0.6}]], 16)
     full = model(tokens, cond=cond, window=window)
-    streamed = _stream(model, tokens, chunks, window, cond)
+    with torch.set_grad_enabled(autograd):
+        streamed = _stream(model, tokens, chunks, window, cond)
     for m in modalities:
         assert full[m].abs().max() > 0.1  # the comparison is not vacuous
         assert (streamed[m] - full[m]).abs().max() < 1e-5
@@ -145,3 +148,25 @@ def test_coupled_towers_must_have_the_same_shape() -> None:
 
     with pytest.raises(ValueError, match="equal \\(dim, depth, heads\\)"):
         AVTransformer({"video": Tower(12, TowerConfig(dim=32, depth=2, heads=2)), "audio": Tower(8, TowerConfig(dim=32, depth=3, heads=2))})
+
+
+@pytest.mark.parametrize("varied", ["s", "d"])
+def test_a_step_whose_tokens_share_one_level_equals_the_per_token_modulation(varied: str, joint_model: AVTransformer) -> None:
+    """A streaming step (every token at one (s, d)) takes broadcast adaLN rows; the same row inside a batch whose other
+    row has another level or step size takes the per-token rows. Rows are independent, so the outputs must agree."""
+    tokens = sequence(("video", "audio"), 2, batch=2)
+    cond = Cond.from_transcripts([[{"token": "a", "start": 0.1, "end": 0.3}]] * 2, 16)
+    with torch.no_grad():
+        cache = KVCache()
+        joint_model({m: select(t, t.layout.chunk <= 1) for m, t in tokens.items()}, cond=cond, cache=cache, write=True)
+        step = {m: select(t, t.layout.chunk == 2) for m, t in tokens.items()}
+        step = {m: Tokens(t.x, torch.full_like(t.s, 0.6), t.pos, Layout(t.layout.chunk, torch.zeros_like(t.layout.clean))) for m, t in step.items()}
+        shared = joint_model(step, d=0.25, cond=cond, cache=cache)  # one (s, d) for every token
+        if varied == "s":
+            other = {m: Tokens(t.x, torch.stack([t.s[0], torch.full_like(t.s[1], 0.3)]), t.pos, t.layout) for m, t in step.items()}
+            mixed = joint_model(other, d=0.25, cond=cond, cache=cache)
+        else:
+            mixed = joint_model(step, d=torch.tensor([0.25, 0.5]), cond=cond, cache=cache)
+    for m in step:
+        assert shared[m].abs().max() > 0.1 and (shared[m][1] - mixed[m][1]).abs().max() > 1e-3  # not vacuous
+        assert (shared[m][0] - mixed[m][0]).abs().max() < 1e-5
