@@ -182,6 +182,10 @@ class AVTransformer(nn.Module):
             q[m] = self.towers[m].rope.rotate(block.q_norm(block.split_heads(qkv[0])), pos)  # (B, H, N, Dh)
             keys[m] = self.towers[m].rope.rotate(block.k_norm(block.split_heads(qkv[1])), pos)
             values[m] = block.split_heads(qkv[2])
+            device = qkv[0].device.type
+            if torch.is_autocast_enabled(device):  # attention runs in the autocast dtype: the cache is kept in it too
+                low = torch.get_autocast_dtype(device)  # (the norms and rotation leave q and k in float32)
+                q[m], keys[m], values[m] = q[m].to(low), keys[m].to(low), values[m].to(low)
         current = {m: (keys[m], values[m]) for m in names}
         for o in sources:  # keys are [cached ; current ; moved sink copies]
             cached = cache is not None and cache.layout(o) is not None

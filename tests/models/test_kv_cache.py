@@ -83,3 +83,24 @@ def test_with_autograd_extend_concatenates_so_gradients_reach_the_keys() -> None
     k, _ = streamed.extend("video", 0, [new], [new])
     assert k.requires_grad and k.data_ptr() != streamed.k["video"][0].data_ptr()
     assert not streamed.k["video"][0].requires_grad
+
+
+def test_under_autocast_the_cache_is_written_in_the_autocast_dtype() -> None:
+    """bf16-mixed generation keeps its keys and values in bf16 (half the memory of a long stream's cache), and
+    reading them back in a later step works in that dtype."""
+    from lightning_mf.models import AVTransformer
+
+    from tiny_models import CHUNK_SECONDS, select, sequence, tower
+
+    model = AVTransformer({"video": tower("video")}, CHUNK_SECONDS)
+    tokens = sequence(("video",), 2)["video"]
+    cache = KVCache()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for k in range(3):
+            out = model({"video": select(tokens, tokens.layout.chunk == k)}, cache=cache, write=True)["video"]
+    assert cache.k["video"][0].dtype == torch.bfloat16 and cache.v["video"][1].dtype == torch.bfloat16
+    assert torch.isfinite(out).all() and out.abs().max() > 0.1
+    plain = KVCache()
+    with torch.no_grad():
+        model({"video": select(tokens, tokens.layout.chunk == 0)}, cache=plain, write=True)
+    assert plain.k["video"][0].dtype == torch.float32  # without autocast nothing is cast
