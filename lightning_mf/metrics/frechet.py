@@ -133,10 +133,11 @@ def frechet_ci95(real: Tensor, fake: Tensor, bootstraps: int = 100, seed: int = 
 
     The clips of each side are resampled with replacement ``bootstraps`` times (frames of one clip are not
     independent, so whole clips are the unit); the half-width is half the distance between the 2.5% and 97.5%
-    quantiles of the resampled distances (0 when ``bootstraps`` is 0). Each resample's Gaussian is exact: its sums are
-    the per-clip sums weighted by how often the resample drew each clip, so all resamples come from one pass over the
-    features and one batched eigendecomposition (torchmetrics' ``BootStrapper`` copies and refills a metric per
-    resample: 100x slower, most of an evaluation's scoring time). Resampling repeats clips, which lowers the spread of
+    quantiles of the resampled distances (0 when ``bootstraps`` is 0). Each resample is exact and all are computed at
+    once: its Gaussian from the per-clip sums weighted by how often it drew each clip, then one batched
+    eigendecomposition; or, with fewer samples than features (short evaluations during training), from the weighted
+    samples themselves, through the singular values of an (n1, n2) matrix instead of (F, F) eigendecompositions.
+    (torchmetrics' ``BootStrapper`` copies and refills a metric per resample: most of an evaluation's scoring time.) Resampling repeats clips, which lowers the spread of
     each side, so the resampled distances sit above the full-sample value: read the half-width as the uncertainty of
     the value, not the quantiles as an interval around it. ``kwargs`` go to the metric (e.g. ``sync_on_compute=False``).
     """
@@ -148,24 +149,52 @@ def frechet_ci95(real: Tensor, fake: Tensor, bootstraps: int = 100, seed: int = 
     if not bootstraps:
         return float(point.compute()), 0.0
     generator = torch.Generator().manual_seed(seed)  # the same resamples every call, the caller's RNG untouched
-    resampled = [_resampled_gaussians(side, bootstraps, generator) for side in (real, fake)]  # each side on its own
-    distances = frechet_distance(*resampled[0], *resampled[1])  # (bootstraps,)
+    counts = [_draw_counts(side.shape[0], bootstraps, generator).to(side.device) for side in (real, fake)]  # each side on its own
+    n1, n2, dim = real.shape[0] * real.shape[1], fake.shape[0] * fake.shape[1], real.shape[-1]
+    if n1 * n2 <= dim * dim:  # fewer samples than features: the distances from the samples, (n1 n2 F) not (F^3) each
+        distances = _frechet_of_samples(*(_centred_samples(side, c) for side, c in zip((real, fake), counts)))
+    else:
+        distances = frechet_distance(*_resampled_gaussians(real, counts[0]), *_resampled_gaussians(fake, counts[1]))  # (bootstraps,)
     low, high = torch.quantile(distances, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return float(point.compute()), (high - low) / 2
 
 
-def _resampled_gaussians(feats: Tensor, bootstraps: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Means (R, F) and covariances (R, F, F) of ``bootstraps`` resamples, with replacement, of the clips of ``feats``
-    (B, n, F): the per-clip sums weighted by each clip's draw count."""
+def _draw_counts(clips: int, bootstraps: int, generator: torch.Generator) -> Tensor:
+    """How often each of ``bootstraps`` resamples, with replacement, draws each clip: (R, B) float64."""
+    draws = torch.randint(clips, (bootstraps, clips), generator=generator)
+    return torch.zeros(bootstraps, clips, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+
+
+def _resampled_gaussians(feats: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Means (R, F) and covariances (R, F, F) of the resamples of the clips of ``feats`` (B, n, F) that draw each clip
+    ``counts`` (R, B) times: the per-clip sums weighted by the counts."""
     feats = feats.to(torch.float64)
-    clips, items = feats.shape[:2]
-    draws = torch.randint(clips, (bootstraps, clips), generator=generator).to(feats.device)
-    counts = torch.zeros(bootstraps, clips, dtype=torch.float64, device=feats.device).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
-    n = counts.sum(1, keepdim=True) * items  # (R, 1) samples in each resample
+    n = counts.sum(1, keepdim=True) * feats.shape[1]  # (R, 1) samples in each resample
     mean = counts @ feats.sum(1) / n  # (R, F)
     outer = torch.einsum("rb,bfg->rfg", counts, feats.mT @ feats)  # (R, F, F) sum of x x^T
     cov = (outer - n[..., None] * mean[:, :, None] * mean[:, None, :]) / (n[..., None] - 1)
     return mean, cov
+
+
+def _centred_samples(feats: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Means (R, F) of the resamples, and their samples (R, B * n, F) centred and scaled by sqrt(count / (N - 1)), so
+    that ``A^T A`` is each resample's covariance."""
+    feats = feats.to(torch.float64)
+    weights = counts.repeat_interleave(feats.shape[1], dim=1)  # (R, B * n): each sample counts as often as its clip
+    samples = feats.flatten(0, 1)  # (B * n, F)
+    n = weights.sum(1, keepdim=True)  # (R, 1)
+    mean = weights @ samples / n
+    return mean, (weights / (n - 1)).sqrt()[..., None] * (samples[None] - mean[:, None])
+
+
+def _frechet_of_samples(first: tuple[Tensor, Tensor], second: tuple[Tensor, Tensor]) -> Tensor:
+    """The Fréchet distances (R,) of :func:`_centred_samples`' resamples: with S1 = A^T A and S2 = B^T B,
+    Tr (S1 S2)^½ is the sum of the singular values of A B^T (the nonzero eigenvalues of A^T A B^T B are those of
+    (A B^T)(A B^T)^T), and Tr S1 = ||A||^2."""
+    (mu1, a), (mu2, b) = first, second
+    trace_sqrt = torch.linalg.svdvals(a @ b.mT).sum(-1)
+    return ((mu1 - mu2).square().sum(-1) + a.square().sum((1, 2)) + b.square().sum((1, 2)) - 2 * trace_sqrt).clamp_min(0)
+
 
 
 def _seeded_init(module: nn.Module, seed: int) -> None:

@@ -49,12 +49,21 @@ class Rope(nn.Module):
             [pos[:, :1] * self.time_freqs, pos[:, 1:2] * self.grid_freqs, pos[:, 2:3] * self.grid_freqs], dim=-1
         )
 
-    def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
-        """Rotate q or k (B, H, N, Dh) by the angles of positions (N, 3), or per batch element (B, N, 3);
-        pairs are (even, odd) dims."""
+    def rotation(self, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin (N, Dh/2), or (B, 1, N, Dh/2) for per-batch positions (B, N, 3), of positions (N, 3): computed
+        once per forward and applied by every layer (:meth:`apply`)."""
         angles = self.angles(pos.reshape(-1, 3)).reshape(*pos.shape[:-1], -1)  # (N, Dh/2) or (B, N, Dh/2)
         if angles.ndim == 3:
             angles = angles[:, None]  # (B, 1, N, Dh/2): broadcast over heads
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def apply(x: Tensor, rotation: tuple[Tensor, Tensor]) -> Tensor:
+        """Rotate q or k (B, H, N, Dh) by a :meth:`rotation`; pairs are (even, odd) dims."""
+        cos, sin = (t.to(x.dtype) for t in rotation)
         x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, H, N, Dh/2)
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+    def rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Rotate q or k (B, H, N, Dh) by the angles of positions (N, 3), or per batch element (B, N, 3)."""
+        return self.apply(x, self.rotation(pos))

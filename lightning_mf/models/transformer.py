@@ -29,6 +29,7 @@ from lightning_mf.models.attention import LayoutMask, attend_layouts
 from lightning_mf.models.kv_cache import KVCache
 from lightning_mf.models.layers import modulate
 from lightning_mf.models.masks import SINK_CHUNK, Layout, sink_shift
+from lightning_mf.models.rope import Rope
 from lightning_mf.models.tower import Tower
 
 __all__ = ["AVTransformer", "Tokens"]
@@ -103,7 +104,7 @@ class AVTransformer(nn.Module):
         sources = names + [m for m in (cache.layouts if cache is not None else {}) if m not in tokens and m in self.towers]
 
         cond = cond if cond is not None else Cond.null(batch, first.x.device)
-        h, ada, final, text = {}, {}, {}, {}
+        h, ada, final, text, rotations = {}, {}, {}, {}, {}
         for m in names:
             tower, t = self.towers[m], tokens[m]
             h[m] = tower.embed(t.x)  # (B, N, D)
@@ -113,6 +114,7 @@ class AVTransformer(nn.Module):
             step = torch.where(t.layout.clean.to(d.device), 0.0, d[:, None])  # (B, N): context stays at d = 0
             ada[m], final[m] = self._modulation(tower, t.s.to(step.dtype), step)
             text[m] = self._text(tower, cond, t.x.device)
+            rotations[m] = (tower.rope.rotation(t.pos), self._time_rotation(tower, t.pos))  # self- and text attention
         key_layouts = {}  # keys are [cached ; current] per source modality
         for o in sources:
             parts = [cache.layout(o) if cache is not None else None, tokens[o].layout if o in tokens else None]
@@ -130,7 +132,7 @@ class AVTransformer(nn.Module):
         written: dict[str, tuple[list[Tensor], list[Tensor]]] = {m: ([], []) for m in names}
         recompute = self.activation_checkpointing and torch.is_grad_enabled() and not write
         for i in range(self.depth):
-            args = (i, h, ada, tokens, sources, masks, text, cache, sinks)
+            args = (i, h, ada, tokens, sources, masks, text, rotations, cache, sinks)
             if recompute:  # keep only each layer's input; recompute the layer in backward
                 h, kv = torch.utils.checkpoint.checkpoint(self._layer, *args, use_reentrant=False)
             else:
@@ -168,7 +170,8 @@ class AVTransformer(nn.Module):
 
     def _layer(
         self, i: int, h: dict[str, Tensor], ada: dict[str, Tensor], tokens: dict[str, Tokens], sources: list[str],
-        masks: dict[tuple[str, str], LayoutMask], text: dict[str, tuple[Tensor, Tensor, Tensor]], cache: KVCache | None,
+        masks: dict[tuple[str, str], LayoutMask], text: dict[str, tuple[Tensor, tuple[Tensor, Tensor], Tensor]],
+        rotations: dict[str, tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]], cache: KVCache | None,
         sinks: dict[str, tuple[Tensor, Tensor]],
     ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
         """Block ``i`` of every tower: fused (gated cross-modal) self-attention, text cross-attention, MLP. Returns
@@ -176,11 +179,11 @@ class AVTransformer(nn.Module):
         names = list(tokens)
         q, keys, values, mod = {}, {}, {}, {}
         for m in names:
-            block, pos = self.towers[m].blocks[i], tokens[m].pos
+            block, rope, rotation = self.towers[m].blocks[i], self.towers[m].rope, rotations[m][0]
             mod[m] = ada[m] + block.modulation  # (B, N, 6, D): shift, scale, gate of attention, then of the MLP
             qkv = block.qkv(modulate(block.norm1(h[m]), mod[m][:, :, 0], mod[m][:, :, 1])).chunk(3, dim=-1)
-            q[m] = self.towers[m].rope.rotate(block.q_norm(block.split_heads(qkv[0])), pos)  # (B, H, N, Dh)
-            keys[m] = self.towers[m].rope.rotate(block.k_norm(block.split_heads(qkv[1])), pos)
+            q[m] = rope.apply(block.q_norm(block.split_heads(qkv[0])), rotation)  # (B, H, N, Dh)
+            keys[m] = rope.apply(block.k_norm(block.split_heads(qkv[1])), rotation)
             values[m] = block.split_heads(qkv[2])
             device = qkv[0].device.type
             if torch.is_autocast_enabled(device):  # attention runs in the autocast dtype: the cache is kept in it too
@@ -210,7 +213,7 @@ class AVTransformer(nn.Module):
                     gate = torch.tanh(self.gates[f"{m}_from_{o}"][i])
                     out = out + gate * attend_layouts(q[m], keys[o], values[o], masks[(m, o)])
             x = h[m] + mod[m][:, :, 2] * block.proj(out.transpose(1, 2).flatten(2))
-            x = x + self._cross_attend(self.towers[m], block, x, tokens[m].pos, text[m])
+            x = x + self._cross_attend(block, x, rotations[m][1], text[m])
             out_h[m] = x + mod[m][:, :, 5] * block.mlp(modulate(block.norm3(x), mod[m][:, :, 3], mod[m][:, :, 4]))
         return out_h, current
 
@@ -236,23 +239,28 @@ class AVTransformer(nn.Module):
         return out
 
     @staticmethod
-    def _text(tower: Tower, cond: Cond, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Transcript embeddings (B, T, D), positions (B, T, 3) and validity (B, T); the null token is always
+    def _text(tower: Tower, cond: Cond, device: torch.device) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+        """Transcript embeddings (B, T, D), the rotation of their times and validity (B, T); the null token is always
         present, so unconditional rows attend to it alone."""
         if int(cond.ids.max()) > tower.vocab_size:
             raise ValueError(f"transcript id {int(cond.ids.max())} exceeds the tower's vocab_size={tower.vocab_size}")
         pos = torch.zeros(*cond.time.shape, 3, device=device)
         pos[..., 0] = cond.time
-        return tower.text_norm(tower.text(cond.ids)), pos, cond.mask
+        return tower.text_norm(tower.text(cond.ids)), tower.rope.rotation(pos), cond.mask
 
     @staticmethod
-    def _cross_attend(tower: Tower, block: nn.Module, h: Tensor, pos: Tensor, text: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """Text cross-attention with time-only rotary positions on both sides (relative time of speech)."""
-        text_h, text_pos, text_mask = text
+    def _time_rotation(tower: Tower, pos: Tensor) -> tuple[Tensor, Tensor]:
+        """The rotation of token positions (N, 3) by their time only: the text attention's query side."""
         time_pos = torch.zeros_like(pos)
         time_pos[:, 0] = pos[:, 0]
-        q = tower.rope.rotate(block.split_heads(block.cross_q(block.norm2(h))), time_pos)  # (B, H, N, Dh)
+        return tower.rope.rotation(time_pos)
+
+    @staticmethod
+    def _cross_attend(block: nn.Module, h: Tensor, time_rotation: tuple[Tensor, Tensor], text: tuple[Tensor, tuple[Tensor, Tensor], Tensor]) -> Tensor:
+        """Text cross-attention with time-only rotary positions on both sides (relative time of speech)."""
+        text_h, text_rotation, text_mask = text
+        q = Rope.apply(block.split_heads(block.cross_q(block.norm2(h))), time_rotation)  # (B, H, N, Dh)
         k, v = block.cross_kv(text_h).chunk(2, dim=-1)
-        k = tower.rope.rotate(block.split_heads(k), text_pos)  # (B, H, T, Dh)
+        k = Rope.apply(block.split_heads(k), text_rotation)  # (B, H, T, Dh)
         out = F.scaled_dot_product_attention(q, k, block.split_heads(v), attn_mask=text_mask[:, None, None, :])
         return block.cross_proj(out.transpose(1, 2).flatten(2))

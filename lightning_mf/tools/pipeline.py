@@ -28,6 +28,7 @@ from lightning_mf.tools.generate import first_frame_l1, generate
 __all__ = ["STAGES", "pipeline"]
 
 STAGES = ("video_pretrain", "audio_pretrain", "joint", "mutual_forcing")
+EVAL_MODES = ("few4", "multi50")  # the evaluation: Few 4 against Multi 50 + CFG
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SUMMARY = (
     "nfe_per_chunk", "generate_seconds", "fd_frames", "fd_clips", "fd_motion", "fd_audio", "drift_mean", "video_timing_r",
@@ -74,11 +75,13 @@ def pipeline(
     for stage, budget in zip(STAGES, steps):
         checkpoints[stage] = _fit(preset, stage, budget, Path(data), root, checkpoints)
 
-    _banner("evaluation: Few 4 vs Multi 50 + CFG of the Mutual Forcing model, on held-out conditions")
-    rows = evaluate(
-        ckpt=str(checkpoints["mutual_forcing"]), data=data, modes=("few4", "multi50"), num_clips=eval_clips,
-        out=str(root / "evaluation.json"),
-    )
+    report, ckpt = root / "evaluation.json", checkpoints["mutual_forcing"]
+    rows = _evaluation_of(report, ckpt, data, eval_clips)
+    if rows is not None:
+        _banner(f"evaluation: reusing {report} (made from {ckpt}, which has not changed since)")
+    else:
+        _banner("evaluation: Few 4 vs Multi 50 + CFG of the Mutual Forcing model, on held-out conditions")
+        rows = evaluate(ckpt=str(ckpt), data=data, modes=EVAL_MODES, num_clips=eval_clips, out=str(report))
     _banner(f"generation: {duration:g} s (the training clips are {PRESETS[preset].clip_seconds:g} s), Few 4, rolling window")
     first_frame, transcript, real_l1 = _conditions(preset, Path(data), root / "inputs")
     timing = generate(
@@ -89,6 +92,19 @@ def pipeline(
     timing["real_first_frame_l1"] = real_l1
     _summary(rows, root, timing)
     return {"evaluation": rows, "generation": timing, "video": str(root / "generated.mp4"), "logs": str(root)}
+
+
+def _evaluation_of(report: Path, ckpt: Path, data: str, eval_clips: int) -> dict[str, dict[str, float]] | None:
+    """The rows of an earlier evaluation to reuse: the same checkpoint file, unchanged since (older than the report),
+    the same data, clips and modes; None otherwise (then the pipeline evaluates again)."""
+    try:
+        earlier = json.loads(report.read_text())
+        same = (earlier["ckpt"], earlier["data"], earlier["num_clips"]) == (str(ckpt), str(data), eval_clips)
+        if same and set(EVAL_MODES) <= set(earlier["rows"]) and ckpt.stat().st_mtime < report.stat().st_mtime:
+            return earlier["rows"]
+    except (FileNotFoundError, KeyError, ValueError):
+        pass
+    return None
 
 
 def _banner(text: str) -> None:

@@ -3,6 +3,8 @@ shards, four stages, the evaluation table, an mp4 with its audio track, TensorBo
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -14,7 +16,7 @@ from helpers import REPO, readme_commands
 from PIL import Image
 
 from lightning_mf.data.media import decode_mp4, decode_wav
-from lightning_mf.tools.pipeline import STAGES
+from lightning_mf.tools.pipeline import STAGES, _evaluation_of
 
 SMALL = ["--num-clips", "40", "--steps", "[3, 3, 3, 2]", "--eval-clips", "2", "--duration", "3"]
 
@@ -62,4 +64,25 @@ def test_readme_main_command_runs_the_pipeline_and_reruns_from_its_results(tmp_p
     again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert all(f"=== {stage}: reusing" in again.stdout for stage in STAGES)
+    assert f"=== evaluation: reusing {runs / 'evaluation.json'}" in again.stdout  # the same checkpoint: not scored again
+    assert re.search(r"nfe_per_chunk(\s+-){3}\s+4\s+100", again.stdout[again.stdout.rindex("=== done in"):])  # its table
     assert "reusing" in again.stdout.split("=== video_pretrain")[0]  # the shards too
+
+
+def test_an_evaluation_is_reused_only_for_the_same_unchanged_checkpoint_data_and_clips(tmp_path: Path) -> None:
+    ckpt, report = tmp_path / "last.ckpt", tmp_path / "evaluation.json"
+    ckpt.write_bytes(b"weights")
+    rows = {"few4": {"fd_frames": 1.0}, "multi50": {"fd_frames": 2.0}}
+    report.write_text(json.dumps({"ckpt": str(ckpt), "data": "data/tiny", "num_clips": 4, "rows": rows}))
+    os.utime(ckpt, (100, 100))  # the checkpoint is older than the report
+    assert _evaluation_of(report, ckpt, "data/tiny", 4) == rows
+    assert _evaluation_of(report, ckpt, "data/other", 4) is None
+    assert _evaluation_of(report, ckpt, "data/tiny", 8) is None
+    assert _evaluation_of(report, tmp_path / "other.ckpt", "data/tiny", 4) is None
+    os.utime(ckpt)  # trained on since (resumed): newer than the report
+    os.utime(report, (100, 100))
+    assert _evaluation_of(report, ckpt, "data/tiny", 4) is None
+    os.utime(report)
+    report.write_text(json.dumps({"ckpt": str(ckpt), "data": "data/tiny", "num_clips": 4, "rows": {"few4": {}}}))
+    assert _evaluation_of(report, ckpt, "data/tiny", 4) is None  # a mode missing
+    assert _evaluation_of(tmp_path / "none.json", ckpt, "data/tiny", 4) is None

@@ -47,16 +47,21 @@ def test_ungrouped_features_are_refused() -> None:
 
 
 def test_each_resample_is_the_exact_gaussian_of_the_clips_it_drew() -> None:
-    """The batched bootstrap (per-clip sums weighted by draw counts) equals refilling a metric with the drawn clips."""
-    from lightning_mf.metrics.frechet import _resampled_gaussians, frechet_distance
+    """The batched bootstrap (per-clip sums weighted by draw counts) equals refilling a metric with the drawn clips, and
+    the route through the samples (fewer samples than features) gives the same distances as the covariances."""
+    from lightning_mf.metrics.frechet import _centred_samples, _draw_counts, _frechet_of_samples, _resampled_gaussians, frechet_distance
 
-    feats = _clips(5, 3, dim=4)
-    mean, cov = _resampled_gaussians(feats, 6, torch.Generator().manual_seed(3))
+    feats, other = _clips(5, 3, dim=8), _clips(4, 2, dim=8, seed=1, shift=0.4)
+    counts = _draw_counts(5, 6, torch.Generator().manual_seed(3))
+    mean, cov = _resampled_gaussians(feats, counts)
     draws = torch.randint(5, (6, 5), generator=torch.Generator().manual_seed(3))  # the draws it made
     for r in range(6):
-        drawn = feats[draws[r]].flatten(0, 1)  # (5 * 3, 4): repeated clips repeated
+        drawn = feats[draws[r]].flatten(0, 1)  # (5 * 3, 8): repeated clips repeated
         assert torch.allclose(mean[r], drawn.mean(0), atol=1e-12) and torch.allclose(cov[r], drawn.T.cov(), atol=1e-12)
-    other_mean, other_cov = mean.flip(0), cov.flip(0)
+    other_counts = _draw_counts(4, 6, torch.Generator().manual_seed(4))
+    other_mean, other_cov = _resampled_gaussians(other, other_counts)
     batched = frechet_distance(mean, cov, other_mean, other_cov)
     one_by_one = torch.stack([frechet_distance(mean[r], cov[r], other_mean[r], other_cov[r]) for r in range(6)])
     assert batched.shape == (6,) and torch.allclose(batched, one_by_one, atol=1e-12) and batched.max() > 0.1
+    from_samples = _frechet_of_samples(_centred_samples(feats, counts), _centred_samples(other, other_counts))
+    assert torch.allclose(from_samples, batched, atol=1e-9)

@@ -242,7 +242,7 @@ def test_text_cross_attention_rotates_by_time_only() -> None:
 
     def attend(pos: Tensor, shift: float = 0.0) -> Tensor:
         moved = Cond(cond.ids, cond.time + shift, cond.mask)
-        return AVTransformer._cross_attend(tower, block, h, pos, AVTransformer._text(tower, moved, h.device))
+        return AVTransformer._cross_attend(block, h, AVTransformer._time_rotation(tower, pos), AVTransformer._text(tower, moved, h.device))
 
     with torch.no_grad():
         base = attend(t.pos)
