@@ -155,7 +155,8 @@ class AVTransformer(nn.Module):
     def _modulation(tower: Tower, s: Tensor, d: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """adaLN rows of tokens at levels ``s`` and step sizes ``d`` (B, N): (B, N, 6, D) for the blocks, and the final
         layer's shift and scale (B, N, D) each; (1, 1, ...) broadcast rows when every token shares one (s, d), as in
-        a streaming step (then nothing per token is materialised, a tenth of a late Multi-mode forward on 2 cores)."""
+        a streaming step (nothing per token is materialised: a Multi-mode forward of 32 clips at chunk 1 went from 98 to
+        79 ms on 2 cores)."""
         if s.shape[1] > 0 and bool((s == s[:1, :1]).all()) and bool((d == d[:1, :1]).all()):
             c = F.silu(tower.condition(s[:1, 0], d[:1, 0]))  # (1, D)
             return tower.adaln(c).view(1, 1, 6, tower.dim), tower.final_adaln(c).view(1, 1, 2 * tower.dim).chunk(2, dim=-1)
