@@ -8,11 +8,13 @@ import shlex
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from lightning_mf.batch import AVBatch
 from lightning_mf.codecs import PatchCodec
 from lightning_mf.data.shards import ShardSummary
-from lightning_mf.data.synthetic import PRESETS
+from lightning_mf.data.synthetic import PRESETS, synthesize_clip
 from lightning_mf.spec import AVSpec
 
 TINY_CLIPS = 12
@@ -84,3 +86,13 @@ class RotatedPatchCodec(torch.nn.Module):
 
     def positions(self, num_frames: int, device: torch.device | str | None = None) -> torch.Tensor:
         return self.patches.positions(num_frames, device)
+
+
+def synthetic_batch(seeds: range, seconds: float, spec: AVSpec = PRESETS["tiny"].spec) -> AVBatch:
+    """Synthetic clips of these seeds as one batch, with their transcripts and ground truth in ``meta``."""
+    clips = [synthesize_clip(s, spec, seconds) for s in seeds]
+    return AVBatch(
+        video=torch.stack([torch.from_numpy(c.video).permute(0, 3, 1, 2) for c in clips]),
+        audio=torch.from_numpy(np.stack([c.audio for c in clips])),
+        start_frame=torch.zeros(len(clips), dtype=torch.long), keys=[c.key for c in clips], meta=[c.meta for c in clips],
+    )

@@ -3,24 +3,19 @@ follow the transcript given, not the clip the frame came from."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from helpers import synthetic_batch
 
 from lightning_mf.batch import AVBatch
-from lightning_mf.data.synthetic import PRESETS, synthesize_clip
+from lightning_mf.data.synthetic import PRESETS
 from lightning_mf.metrics.scoring import Scorer, swap_transcripts
 
 SPEC = PRESETS["tiny"].spec
 
 
 def _clips(seeds: range) -> AVBatch:
-    clips = [synthesize_clip(s, SPEC, 2.0) for s in seeds]
-    return AVBatch(
-        video=torch.stack([torch.from_numpy(c.video).permute(0, 3, 1, 2) for c in clips]),
-        audio=torch.from_numpy(np.stack([c.audio for c in clips])),
-        start_frame=torch.zeros(len(clips), dtype=torch.long), keys=[c.key for c in clips], meta=[c.meta for c in clips],
-    )
+    return synthetic_batch(seeds, 2.0)
 
 
 def test_each_clip_takes_the_next_clips_transcript_and_timing_and_keeps_its_character() -> None:
