@@ -78,7 +78,7 @@ class MutualForcing(TeacherForcing):
             ``(control_seed, global_step)``, so every rank makes the same ones without communicating.
         ema_decay: EMA of the shared weights (paper: 0.99 in this stage).
         sampler: how ``predict``/``generate`` sample (default Few mode, 4 jumps).
-        **kwargs: the options of :class:`TeacherForcing` (noise, audio_weight, modalities) and
+        **kwargs: the options of :class:`TeacherForcing` (noise, audio_weight, motion_weight, modalities) and
             :class:`~lightning_mf.lit.base.FlowModule` (spec, tower, codec, optimizer, grad_clip, cfg_dropout, ...).
     """
 
@@ -186,7 +186,8 @@ class MutualForcing(TeacherForcing):
         logs: dict[str, Tensor] = {}
         if self.weights["fm"] > 0:
             fm = teacher_forcing_flow_matching(
-                self.net, self.seq, x0, prefix, self.condition(batch, self.cfg_dropout), self.noise, history, self.window, levels
+                self.net, self.seq, x0, prefix, self.condition(batch, self.cfg_dropout), self.noise, history, self.window, levels,
+                self.motion_weight,
             )
             losses["fm"] = fm.loss({"audio": self.audio_weight})
             logs |= {f"train/fm_{m}": e.mean() for m, e in fm.errors.items()}
@@ -325,7 +326,9 @@ class MutualForcing(TeacherForcing):
             total = torch.zeros((), device=self.device)
             for group, sample, prefix, cond, history, levels in batches:
                 torch.manual_seed(self.step_seed(group, stream=1 + update))
-                fm = teacher_forcing_flow_matching(self.fake, self.seq, sample, prefix, cond, self.noise, history, self.window, levels)
+                fm = teacher_forcing_flow_matching(
+                    self.fake, self.seq, sample, prefix, cond, self.noise, history, self.window, levels, self.motion_weight
+                )
                 loss = fm.loss({"audio": self.audio_weight}) / len(batches)
                 self.manual_backward(loss)
                 total += loss.detach()

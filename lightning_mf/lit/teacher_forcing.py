@@ -32,6 +32,9 @@ class TeacherForcing(FlowModule):
         audio_weight: weight of the audio loss (``L_video + audio_weight * L_audio``).
         init_towers: ``{modality: checkpoint path}`` of stage-1 runs whose tower weights start this run.
         init_from_ema: take the EMA weights of those checkpoints (else the online weights).
+        motion_weight: ``{modality: strength}``: weight each token's error by how much its position changes along
+            the window (:func:`~lightning_mf.objectives.flow_matching.motion_weights`), e.g. ``{video: 10}`` so
+            the mouth is not drowned by the still face; empty = the plain mean.
         **kwargs: the shared options of :class:`~lightning_mf.lit.base.FlowModule` (spec, tower, codec, ...).
     """
 
@@ -42,10 +45,14 @@ class TeacherForcing(FlowModule):
         audio_weight: float = 1.0,
         init_towers: dict[str, str] | None = None,
         init_from_ema: bool = True,
+        motion_weight: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(modalities, **kwargs)
-        self.noise, self.audio_weight = noise, audio_weight
+        self.noise, self.audio_weight, self.motion_weight = noise, audio_weight, dict(motion_weight or {})
+        unknown = set(self.motion_weight) - set(self.seq.modalities)
+        if unknown:
+            raise ValueError(f"model.motion_weight names {sorted(unknown)}, but the model's towers are {list(self.seq.modalities)}")
         self.init_towers, self.init_from_ema = dict(init_towers or {}), init_from_ema
         self.init_fields = {m: f"model.init_args.init_towers.{m}" for m in self.init_towers}  # named in errors
         unknown = set(self.init_towers) - set(self.seq.modalities)
@@ -86,7 +93,9 @@ class TeacherForcing(FlowModule):
 
     def flow_matching(self, batch: AVBatch, cfg_dropout: float = 0.0) -> FlowMatchingResult:
         x0 = self.seq.encode(batch)
-        return teacher_forcing_flow_matching(self.net, self.seq, x0, self.prefix(batch), self.condition(batch, cfg_dropout), self.noise)
+        return teacher_forcing_flow_matching(
+            self.net, self.seq, x0, self.prefix(batch), self.condition(batch, cfg_dropout), self.noise, motion_weight=self.motion_weight
+        )
 
     def training_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", self.cfg_dropout)

@@ -452,11 +452,12 @@ def test_the_fake_score_fits_each_micro_batch_by_flow_matching_from_its_own_seed
     import lightning_mf.lit.mutual_forcing as module
     from lightning_mf.objectives.flow_matching import FlowMatchingResult
 
-    model = _model(fake_updates=2, audio_weight=0.3, window=2)
+    model = _model(fake_updates=2, audio_weight=0.3, window=2, motion_weight={"video": 4.0})
     weight = model.fake.towers.video.embed.weight
     calls = []
 
-    def fake_fm(net, seq, sample, prefix, cond, noise, history, window, levels):
+    def fake_fm(net, seq, sample, prefix, cond, noise, history, window, levels, motion_weight):
+        assert motion_weight == {"video": 4.0}  # the same loss weighting as the shared model's flow matching
         calls.append((net, sample, prefix, cond, noise, history, window, levels, torch.initial_seed()))
         k = len(calls)
         errors = {"video": weight.sum() * 0 + torch.full((1, 2), float(k)), "audio": torch.full((1, 2), 10.0 * k)}
@@ -524,7 +525,7 @@ def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, mo
     import lightning_mf.lit.mutual_forcing as module
     from lightning_mf.objectives.flow_matching import FlowMatchingResult
 
-    model = _model(window=2, ctx_s=0.1, **({f"{off}_weight": 0.0} if off else {}))
+    model = _model(window=2, ctx_s=0.1, motion_weight={"video": 4.0}, **({f"{off}_weight": 0.0} if off else {}))
     seen: dict[str, tuple] = {}
     history, levels = object(), object()
     one = model.net.towers.video.embed.weight.sum() * 0 + 1
@@ -533,8 +534,8 @@ def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, mo
         seen["rollout"] = (x0, count, prefix, cond, ctl)
         return history, levels
 
-    def fm(net, seq, x0, prefix, cond, noise, hist, window, lev):
-        seen["fm"] = (net, hist, window, lev, noise, cond)
+    def fm(net, seq, x0, prefix, cond, noise, hist, window, lev, motion_weight):
+        seen["fm"] = (net, hist, window, lev, noise, cond, motion_weight)
         return FlowMatchingResult({"video": one[None, None]}, {"video": torch.zeros(1, 1)})
 
     class View:
@@ -558,7 +559,7 @@ def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, mo
     for term in {"sc", "dmd"} - {off}:
         assert isinstance(seen[term][0], View) and seen[term][1] is ctl
     if off != "fm":
-        assert seen["fm"] == (model.net, history, 2, levels, model.noise, ("the transcript", model.cfg_dropout))
+        assert seen["fm"] == (model.net, history, 2, levels, model.noise, ("the transcript", model.cfg_dropout), {"video": 4.0})
 
 
 def _quadratic_terms(model: MutualForcing, monkeypatch) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lightning_mf.batch import Cond
 from lightning_mf.flow import sample_noise_levels
 from lightning_mf.models.transformer import Tokens
-from lightning_mf.objectives.flow_matching import NoiseSchedule, teacher_forcing_flow_matching
+from lightning_mf.objectives.flow_matching import NoiseSchedule, motion_weights, teacher_forcing_flow_matching
 from lightning_mf.sequence import AVSequencer
 from lightning_mf.spec import AVSpec
 
@@ -61,6 +61,41 @@ def test_each_error_is_the_distance_to_the_velocity_eps_minus_x0_of_its_own_nois
         torch.testing.assert_close(result.errors[m], expected, rtol=1e-4, atol=1e-5)
     weighted = result.loss({"audio": 0.3})
     torch.testing.assert_close(weighted, result.errors["video"].mean() + 0.3 * result.errors["audio"].mean())
+
+
+def test_motion_weights_favour_the_positions_that_change_with_mean_one_and_the_same_weight_in_every_chunk() -> None:
+    n, chunks = 4, 3
+    x0 = torch.zeros(2, chunks * n, 5)
+    x0[0, 1::n] = torch.tensor([0.0, 2.0, -2.0])[:, None]  # clip 0: only position 1 moves (variance 4)
+    x0[0, 2::n] = torch.tensor([1.0, 0.0, 1.0])[:, None]  # and position 2 a little (variance 1/3)
+    x0[1] = 7.0  # clip 1: nothing moves
+    w = motion_weights(x0, n, strength=2.0)
+    change = torch.tensor([0.0, 4.0, 1 / 3, 0.0])
+    expected = (1 + 2.0 * change / change.mean()) / 3.0
+    torch.testing.assert_close(w[0], expected.repeat(chunks))
+    torch.testing.assert_close(w[0].mean(), torch.tensor(1.0))
+    torch.testing.assert_close(w[1], torch.ones(chunks * n))  # a still clip keeps the plain mean
+    assert torch.equal(motion_weights(x0, n, 0.0), torch.ones(2, chunks * n))
+    assert torch.equal(motion_weights(x0[:, :n], n, 2.0), torch.ones(2, n))  # one chunk: no change to measure
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        motion_weights(x0, n, -1.0)
+
+
+def test_the_loss_weights_each_token_error_by_its_motion_weight_and_logs_the_plain_errors() -> None:
+    x0, prefix = _data()
+    x0["video"][:, 5 :: SEQ.tokens_per_chunk("video")] *= 4  # one video position changes much more than the rest
+    torch.manual_seed(0)
+    plain = teacher_forcing_flow_matching(AffineStub(), SEQ, x0, prefix, None, NoiseSchedule())
+    torch.manual_seed(0)
+    weighted = teacher_forcing_flow_matching(AffineStub(), SEQ, x0, prefix, None, NoiseSchedule(), motion_weight={"video": 3.0})
+    for m in x0:
+        assert torch.equal(weighted.errors[m], plain.errors[m])  # the logged errors stay comparable across runs
+    w = motion_weights(x0["video"], SEQ.tokens_per_chunk("video"), 3.0)
+    assert set(weighted.token_weights) == {"video"}
+    torch.testing.assert_close(
+        weighted.loss({"audio": 0.3}), (w * plain.errors["video"]).mean() + 0.3 * plain.errors["audio"].mean()
+    )
+    assert float(weighted.token_weights["video"][:, 5].mean()) > 2.0  # the moving position dominates
 
 
 def test_context_noise_noises_the_history_to_a_level_below_its_bound() -> None:
