@@ -69,6 +69,9 @@ def main() -> None:
             row |= transcript_probe(module, clips, levels)
             curves.setdefault(str(run), []).append(row)
             print(json.dumps(row), flush=True)
+    if not curves:
+        where = [str(run / "checkpoints") for run in args.runs]
+        raise SystemExit(f"no checkpoint named '*step=N.ckpt' under {where}; keep them with ModelCheckpoint(save_top_k=-1)")
     keys = [k for k in next(iter(curves.values()))[0] if re.match(r"s[\d.]+_", k)]
     print(f"\n| run | step | seconds | {' | '.join(keys)} |\n|---|---|---|{'---|' * len(keys)}")
     for rows in curves.values():
