@@ -108,8 +108,10 @@ class Tower(nn.Module):
         self.track_offsets = tuple(float(o) for o in track_offsets)
         if config.transcript_track:  # ids: 0 = no transcript, 1..vocab_size = tokens, vocab_size + 1 = a pause
             self.track = nn.ModuleList(nn.Embedding(config.vocab_size + 2, dim) for _ in self.track_offsets)
+            # about the scale of the token embeddings; a smaller start trades the transcript for the frames (tiny
+            # stage 1 at 600 steps: r 0.56 / 0.44 / 0.22 and FD clips 52 / 33 / 23 at std 0.5 / 0.1 / 0)
             for table in self.track:
-                nn.init.normal_(table.weight, std=0.5)  # about the scale of the token embeddings
+                nn.init.normal_(table.weight, std=0.5)
 
     def velocity(self, x: Tensor, s: Tensor, out: Tensor) -> Tensor:
         """The velocity (B, N, C) from the network's output ``out`` for tokens ``x`` (B, N, C) at levels ``s`` (B, N):
