@@ -33,7 +33,7 @@ class TeacherForcing(FlowModule):
         init_towers: ``{modality: checkpoint path}`` of stage-1 runs whose tower weights start this run.
         init_from_ema: take the EMA weights of those checkpoints (else the online weights).
         motion_weight: ``{modality: strength}``: weight each token's error by how much its position changes along
-            the window (:func:`~lightning_mf.objectives.flow_matching.motion_weights`), e.g. ``{video: 10}`` so
+            the window (:func:`~lightning_mf.objectives.flow_matching.motion_weights`), e.g. ``{video: 3}`` so
             the mouth is not drowned by the still face; empty = the plain mean.
         **kwargs: the shared options of :class:`~lightning_mf.lit.base.FlowModule` (spec, tower, codec, ...).
     """
@@ -52,7 +52,8 @@ class TeacherForcing(FlowModule):
         self.noise, self.audio_weight, self.motion_weight = noise, audio_weight, dict(motion_weight or {})
         unknown = set(self.motion_weight) - set(self.seq.modalities)
         if unknown:
-            raise ValueError(f"model.motion_weight names {sorted(unknown)}, but the model's towers are {list(self.seq.modalities)}")
+            towers = list(self.seq.modalities)
+            raise ValueError(f"model.motion_weight names {sorted(unknown)}, but the model's towers are {towers}")
         self.init_towers, self.init_from_ema = dict(init_towers or {}), init_from_ema
         self.init_fields = {m: f"model.init_args.init_towers.{m}" for m in self.init_towers}  # named in errors
         unknown = set(self.init_towers) - set(self.seq.modalities)

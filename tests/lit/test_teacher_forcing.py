@@ -120,6 +120,12 @@ def test_codec_that_does_not_tile_a_chunk_is_rejected() -> None:
         UniModalPretraining("video", tower=TINY_TOWER, codec=CodecConfig(tubelet=4))
 
 
+def test_a_motion_weight_for_a_modality_without_a_tower_is_named() -> None:
+    with pytest.raises(ValueError, match=r"model.motion_weight names \['video'\], but the model's towers are \['audio'\]"):
+        UniModalPretraining(modality="audio", tower=TINY_TOWER, motion_weight={"video": 3.0})
+    assert UniModalPretraining(modality="video", tower=TINY_TOWER, motion_weight={"video": 3.0}).motion_weight == {"video": 3.0}
+
+
 def test_the_ema_of_a_real_fit_is_its_closed_form_over_the_weights_each_step_made(tiny_shards: Path) -> None:
     from lightning_mf.data.datamodule import AVDataModule
 
