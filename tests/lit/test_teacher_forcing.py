@@ -120,6 +120,20 @@ def test_codec_that_does_not_tile_a_chunk_is_rejected() -> None:
         UniModalPretraining("video", tower=TINY_TOWER, codec=CodecConfig(tubelet=4))
 
 
+def test_stages_1_and_2_weight_the_video_loss_by_its_motion_and_log_the_plain_errors(tiny_shards: Path) -> None:
+    from lightning_mf.objectives.flow_matching import motion_weights
+
+    batch = _batch(tiny_shards)
+    model = JointTraining(tower=TINY_TOWER, motion_weight={"video": 3.0})
+    torch.manual_seed(0)
+    result = model.flow_matching(batch)
+    expected = motion_weights(model.seq.encode(batch)["video"], model.seq.tokens_per_chunk("video"), 3.0)
+    assert set(result.token_weights) == {"video"}  # audio keeps the plain mean
+    torch.testing.assert_close(result.token_weights["video"], expected)
+    assert float(expected.amax()) > 2.0  # real clips: some positions (the mouth) move far more than the rest
+    torch.testing.assert_close(result.loss(), (expected * result.errors["video"]).mean() + result.errors["audio"].mean())
+
+
 def test_a_motion_weight_for_a_modality_without_a_tower_is_named() -> None:
     with pytest.raises(ValueError, match=r"model.motion_weight names \['video'\], but the model's towers are \['audio'\]"):
         UniModalPretraining(modality="audio", tower=TINY_TOWER, motion_weight={"video": 3.0})
