@@ -11,7 +11,9 @@ One training step on real windows X[1..L] (L drawn per batch):
 3. *Multi teaches Few*: ShortCut targets (two half jumps; the Multi velocity with CFG at the smallest step) on
    the few-step grids' (s, d) pairs, and DMD on a Few-mode sample of every chunk (gradient through its last jump
    only) with the model's own Multi mode + CFG as real score and an online fake score trained by flow matching
-   on the detached samples (its own optimizer).
+   on the detached samples (its own optimizer). With a rolled-out history the DMD samples are the rollout's own
+   chunks (it streams chunk L too and keeps each chunk's state before its last jump), as in Self-Forcing: only
+   the last jump is run again, with gradient, instead of sampling every chunk afresh.
 
 ``loss = fm_weight * L_fm + sd_weight * (sc_weight * L_sc + dmd_weight * L_dmd)``, gradient clipping, EMA.
 Baselines (``configs/tiny/baseline_*.yaml``): ShortCut with teacher forcing (history real, no DMD), DMD with
@@ -22,7 +24,7 @@ rolled out, DMD only, frozen stage-2 real score, no real-data loss).
 from __future__ import annotations
 
 import copy
-from functools import partial
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -38,12 +40,21 @@ from lightning_mf.models.lora import LowRankDelta
 from lightning_mf.models.transformer import AVTransformer, Tokens
 from lightning_mf.objectives.flow_matching import TeacherForced, teacher_forcing_flow_matching
 from lightning_mf.objectives.self_distillation import dmd_loss, shortcut_pairs, shortcut_target
-from lightning_mf.sampling.samplers import guided, integrate
+from lightning_mf.sampling.samplers import Grid, guided, integrate
 from lightning_mf.sampling.streaming import stream
 
 __all__ = ["MutualForcing"]
 
 FakeBatch = tuple[int, AV, dict[str, Tokens], Cond, AV, AV | None]  # group, sample, prefix, cond, history, levels
+
+
+@dataclass
+class FewSamples:
+    """Few-mode samples of chunks 1..L that the rollout streamed: the grid it used, and every chunk's state before
+    its last jump ``{m: (B, L * n, C)}``, from which DMD takes that jump again with gradient."""
+
+    jumps: Grid
+    before_last: AV
 
 
 class MutualForcing(TeacherForcing):
@@ -59,6 +70,10 @@ class MutualForcing(TeacherForcing):
         rollout_steps: Few-mode jumps of the history rollout (one drawn per step).
         shortcut_steps: few-step grids whose (s, d) pairs ShortCut trains.
         dmd_steps: Few-mode jumps of the DMD sample (one drawn per step).
+        dmd_sample: where the DMD sample of each chunk comes from: ``rollout`` takes the rollout's own chunks
+            whenever the history is rolled out with the grid DMD drew (the rollout then streams chunk L as well),
+            else samples afresh; ``fresh`` always samples every chunk afresh from noise on the same history (3
+            more no-grad passes over the window at 4 jumps; the same distribution, kept to measure the difference).
         few_shift: timestep shift of the few-step grids (use the same at inference).
         min_step: ShortCut recursion stops at steps this small; their target is the Multi velocity with CFG.
         distill_cfg: CFG scale of the Multi-mode teacher (ShortCut base and DMD real score).
@@ -91,6 +106,7 @@ class MutualForcing(TeacherForcing):
         rollout_steps: tuple[int, ...] = (4,),
         shortcut_steps: tuple[int, ...] = (1, 2, 4, 8),
         dmd_steps: tuple[int, ...] = (4,),
+        dmd_sample: Literal["rollout", "fresh"] = "rollout",
         few_shift: float = 3.0,
         min_step: float = 1 / 32,
         distill_cfg: float = 5.0,
@@ -118,6 +134,8 @@ class MutualForcing(TeacherForcing):
             raise ValueError(f"model.history must be 'rollout', 'sdedit' or 'real', got {history!r}")
         if fake_score not in ("copy", "lora"):
             raise ValueError(f"model.fake_score must be 'copy' or 'lora', got {fake_score!r}")
+        if dmd_sample not in ("rollout", "fresh"):
+            raise ValueError(f"model.dmd_sample must be 'rollout' or 'fresh', got {dmd_sample!r}")
         if real_score not in ("shared", "frozen"):
             raise ValueError(f"model.real_score must be 'shared' or 'frozen', got {real_score!r}")
         if chunks is not None and not 1 <= chunks[0] <= chunks[1]:
@@ -130,7 +148,7 @@ class MutualForcing(TeacherForcing):
         if not 0.0 < dmd_levels[0] <= dmd_levels[1] < 1.0:
             raise ValueError(f"model.dmd_levels must satisfy 0 < low <= high < 1, got {list(dmd_levels)}")
         self.init_ckpt, self.history_source, self.sdedit_level, self.chunks = init_ckpt, history, sdedit_level, chunks
-        self.rollout_steps, self.dmd_steps, self.few_shift = tuple(rollout_steps), tuple(dmd_steps), few_shift
+        self.rollout_steps, self.dmd_steps, self.dmd_sample, self.few_shift = tuple(rollout_steps), tuple(dmd_steps), dmd_sample, few_shift
         self.distill_cfg, self.real_score, self.fake_optimizer, self.fake_updates = distill_cfg, real_score, fake_optimizer, fake_updates
         self.accumulate, self._accumulating = accumulate, False
         self._fake_batches: list[FakeBatch] = []  # this step's fake-score data
@@ -181,7 +199,7 @@ class MutualForcing(TeacherForcing):
         ctl = self.control()
         x0, count = self._crop(self.seq.encode(batch), self.seq.num_chunks(batch), ctl)
         prefix, cond = self.prefix(batch), self.condition(batch)
-        history, levels = self.rollout(x0, count, prefix, cond, ctl)  # {m: (B, (L-1) n, C)}, no grad
+        history, levels, made = self.rollout(x0, count, prefix, cond, ctl)  # {m: (B, (L-1) n, C)}, no grad
         losses: dict[str, Tensor] = {}
         logs: dict[str, Tensor] = {}
         if self.weights["fm"] > 0:
@@ -196,7 +214,7 @@ class MutualForcing(TeacherForcing):
             losses["sc"] = self._weighted(self.shortcut(few, x0, ctl))
         sample = None
         if self.weights["dmd"] > 0:
-            dmd, sample = self.dmd(few, x0, ctl)
+            dmd, sample = self.dmd(few, x0, ctl, made)
             losses["dmd"] = self._weighted(dmd)
         loss = sum(self.weights[name] * value for name, value in losses.items())
 
@@ -239,17 +257,31 @@ class MutualForcing(TeacherForcing):
 
     # ------------------------------------------------------------------------------------------- history
 
-    def rollout(self, x0: AV, count: int, prefix: dict[str, Tokens], cond: Cond, ctl: torch.Generator) -> tuple[AV, AV | None]:
+    def rollout(
+        self, x0: AV, count: int, prefix: dict[str, Tokens], cond: Cond, ctl: torch.Generator
+    ) -> tuple[AV, AV | None, FewSamples | None]:
         """History chunks 1..L-1: real (teacher forcing), or streamed in Few mode exactly as at inference; returned
-        as the streaming cache saw them (noised to ``ctx_s``) with their levels (None: clean)."""
+        as the streaming cache saw them (noised to ``ctx_s``) with their levels (None: clean). A rollout that DMD may
+        reuse (:meth:`reuses_rollout`) streams chunk L too and returns the Few samples of chunks 1..L (else None)."""
         with torch.no_grad():
             made = count - 1
             real = {m: x[:, : made * self.seq.tokens_per_chunk(m)] for m, x in x0.items()}
-            if self.history_source == "real" or made == 0:
-                return real, None
-            jumps = grid(self._choose(self.rollout_steps, ctl), self.few_shift, few=True)
+            if self.history_source == "real" or (made == 0 and not self.reuses_rollout()):
+                return real, None, None
+            steps = self._choose(self.rollout_steps, ctl)
+            extend = self.reuses_rollout() and steps in self.dmd_steps  # DMD may draw this grid: stream chunk L too
+            if made == 0 and not extend:
+                return real, None, None
+            jumps = grid(steps, self.few_shift, few=True)
+            before_last: list[AV] = []
             if self.history_source == "rollout":
-                sample = partial(integrate, grid=jumps)
+
+                def sample(velocity: Any, noise: AV) -> AV:
+                    states = [noise]
+                    x = integrate(velocity, noise, jumps, callback=lambda i, s, state: states.append(state))
+                    before_last.append(states[-2])
+                    return x
+
             else:  # sdedit: start each chunk from its real tokens noised to the first grid level <= sdedit_level
                 tail = [j for j in jumps if j[0] <= self.sdedit_level]
                 start = tail[0][0] if tail else 0.0
@@ -263,13 +295,20 @@ class MutualForcing(TeacherForcing):
             batch = next(iter(x0.values())).shape[0]
             written: list[AV] = []
             for _ in stream(
-                self.net, self.seq, sample, num_chunks=made, batch=batch, prefix=prefix, cond=cond,
+                self.net, self.seq, sample, num_chunks=made + extend, batch=batch, prefix=prefix, cond=cond,
                 window=self.window, ctx_s=self.ctx_s, device=self.device, on_write=written.append,
             ):  # fmt: skip
                 pass
-            history = {m: torch.cat([p[m] for p in written], dim=1) for m in self.seq.modalities}
+            samples = FewSamples(jumps, _cat(before_last)) if extend else None
+            if made == 0:
+                return real, None, samples
+            history = _cat(written[:made])
             levels = {m: torch.full(h.shape[:2], self.ctx_s, device=h.device) for m, h in history.items()} if self.ctx_s > 0 else None
-            return history, levels
+            return history, levels, samples
+
+    def reuses_rollout(self) -> bool:
+        """Whether DMD can take its samples from the rollout (a rolled-out history, DMD on, ``dmd_sample: rollout``)."""
+        return self.history_source == "rollout" and self.weights["dmd"] > 0 and self.dmd_sample == "rollout"
 
     def _chunk(self, x: AV, modality: str, k: int) -> Tensor:
         n = self.seq.tokens_per_chunk(modality)
@@ -295,12 +334,16 @@ class MutualForcing(TeacherForcing):
         prediction = few(xs, s, d)
         return {m: (prediction[m] - target[m]).pow(2).mean() for m in x0}
 
-    def dmd(self, few: TeacherForced, x0: AV, ctl: torch.Generator) -> tuple[dict[str, Tensor], AV]:
+    def dmd(self, few: TeacherForced, x0: AV, ctl: torch.Generator, made: FewSamples | None = None) -> tuple[dict[str, Tensor], AV]:
         """DMD on a Few-mode sample of every chunk (gradient through its last jump); returns the losses and the
-        detached sample (which trains the fake score)."""
+        detached sample (which trains the fake score). The sample is the rollout's (``made``) when it used the grid
+        drawn here, else every chunk is sampled afresh from noise on the same history."""
         jumps = grid(self._choose(self.dmd_steps, ctl), self.few_shift, few=True)
-        with torch.no_grad():
-            x = integrate(few, {m: torch.randn_like(v) for m, v in x0.items()}, jumps[:-1])
+        if made is not None and made.jumps == jumps:
+            x = made.before_last
+        else:
+            with torch.no_grad():
+                x = integrate(few, {m: torch.randn_like(v) for m, v in x0.items()}, jumps[:-1])
         s, step, d = jumps[-1]
         u = few(x, s, d)
         sample = {m: x[m] - step * u[m] for m in x}
@@ -363,3 +406,8 @@ class MutualForcing(TeacherForcing):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None:
             raise ValueError("MutualForcing supports precision 32 and bf16-mixed, not fp16 with loss scaling (use bf16-mixed)")
+
+
+def _cat(chunks: list[AV]) -> AV:
+    """Chunks ``[{m: (B, n, C)}, ...]`` joined along the token axis."""
+    return {m: torch.cat([c[m] for c in chunks], dim=1) for m in chunks[0]}

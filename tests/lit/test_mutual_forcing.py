@@ -84,8 +84,8 @@ def test_the_rollout_is_inference_and_carries_no_gradient(tiny_shards: Path) -> 
     prefix, cond = model.prefix(batch), model.condition(batch)
     ctl = torch.Generator().manual_seed(0)
     torch.manual_seed(1)
-    history, levels = model.rollout(x0, 3, prefix, cond, ctl)  # chunks 1, 2
-    assert levels is None  # ctx_s = 0: written clean
+    history, levels, made = model.rollout(x0, 3, prefix, cond, ctl)  # chunks 1, 2
+    assert levels is None and made is None  # ctx_s = 0: written clean; DMD draws another grid (4 jumps)
     assert all(not h.requires_grad and h.grad_fn is None for h in history.values())
 
     noises = []
@@ -107,15 +107,48 @@ def test_the_rollout_is_inference_and_carries_no_gradient(tiny_shards: Path) -> 
         assert history[m].abs().mean() > 0.01  # a real sample, not zeros
 
 
+@pytest.mark.parametrize("ctx_s", [0.0, 0.3])
+def test_dmd_reuses_the_rollouts_chunks_and_takes_only_their_last_jump_again(tiny_shards: Path, ctx_s: float) -> None:
+    """With ``dmd_sample: rollout`` the DMD sample of chunks 1..L is what ``stream`` makes from the same noise (the
+    rollout streams chunk L for it), each chunk's last jump taken again in parallel, with gradient; the history is the
+    first L-1 of them as written to the cache. ``fresh`` samples every chunk anew from other noise."""
+    torch.manual_seed(0)
+    model = _model(history="rollout", rollout_steps=(2,), dmd_steps=(2,), ctx_s=ctx_s)
+    randomize(model.net, std=0.2, seed=3)
+    batch = _batch(tiny_shards)
+    x0, prefix, cond = model.seq.encode(batch), model.prefix(batch), model.condition(batch)
+    torch.manual_seed(1)
+    history, levels, made = model.rollout(x0, 3, prefix, cond, torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    written = []
+    sample = partial(integrate, grid=grid(2, model.few_shift, few=True))
+    pieces = list(stream(model.net, model.seq, sample, num_chunks=3, batch=batch.size, prefix=prefix, cond=cond, ctx_s=ctx_s, on_write=written.append))
+    streamed = {m: torch.cat([p[m] for p in pieces], dim=1) for m in x0}
+    assert made is not None and made.jumps == grid(2, model.few_shift, few=True)
+    for m in x0:
+        torch.testing.assert_close(history[m], torch.cat([w[m] for w in written[:2]], dim=1), rtol=0, atol=0)
+    few = TeacherForced(model.net, model.seq, history, prefix, cond, levels)
+    losses, dmd_sample = model.dmd(few, x0, torch.Generator().manual_seed(0), made)
+    for m in x0:
+        assert dmd_sample[m].shape == x0[m].shape and dmd_sample[m].abs().mean() > 0.05
+        torch.testing.assert_close(dmd_sample[m], streamed[m], rtol=1e-3, atol=1e-3)  # float32, other sequence lengths
+    sum(losses.values()).backward()
+    assert model.net.towers.video.embed.weight.grad.abs().sum() > 0  # through the last jump
+    fresh = _model(history="rollout", rollout_steps=(2,), dmd_steps=(2,), dmd_sample="fresh", ctx_s=ctx_s)
+    assert fresh.rollout(x0, 3, prefix, cond, torch.Generator().manual_seed(0))[2] is None
+    _, other = fresh.dmd(few.using(net=fresh.net), x0, torch.Generator().manual_seed(0))
+    assert all((other[m] - streamed[m]).abs().mean() > 0.05 for m in x0)
+
+
 def test_sdedit_history_starts_from_the_noised_real_chunks(tiny_shards: Path) -> None:
     model = _model(history="sdedit", sdedit_level=0.0, rollout_steps=(4,))  # level 0: nothing to denoise
     batch = _batch(tiny_shards)
     x0 = model.seq.encode(batch)
-    history, _ = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
+    history, _, _ = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
     for m, x in x0.items():
         torch.testing.assert_close(history[m], x[:, : history[m].shape[1]])
     model = _model(history="sdedit", sdedit_level=0.5, rollout_steps=(4,))
-    history, _ = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
+    history, _, _ = model.rollout(x0, 3, model.prefix(batch), model.condition(batch), torch.Generator().manual_seed(0))
     gap = {m: (history[m] - x[:, : history[m].shape[1]]).abs().mean().item() for m, x in x0.items()}
     assert all(g > 1e-3 for g in gap.values())
 
@@ -217,7 +250,7 @@ def test_a_rollout_written_at_a_context_level_is_the_history_training_conditions
     batch = _batch(tiny_shards)
     x0, prefix, cond = model.seq.encode(batch), model.prefix(batch), model.condition(batch)
     torch.manual_seed(1)
-    history, levels = model.rollout(x0, 3, prefix, cond, torch.Generator().manual_seed(0))
+    history, levels, _ = model.rollout(x0, 3, prefix, cond, torch.Generator().manual_seed(0))
     written = []
     torch.manual_seed(1)
     sample = partial(integrate, grid=grid(2, model.few_shift, few=True))
@@ -433,7 +466,7 @@ def test_the_step_loss_is_the_weighted_sum_of_its_terms(tiny_shards: Path, monke
     model = _model(fm_weight=0.7, sd_weight=2.0, sc_weight=0.25, dmd_weight=0.5, audio_weight=0.3)
     one = model.net.towers.video.embed.weight.sum() * 0 + 1  # a constant that carries a gradient
     monkeypatch.setattr(model, "shortcut", lambda few, x0, ctl: {"video": 2 * one, "audio": 5 * one})
-    monkeypatch.setattr(model, "dmd", lambda few, x0, ctl: ({"video": 3 * one, "audio": 7 * one}, {m: torch.zeros_like(v) for m, v in x0.items()}))
+    monkeypatch.setattr(model, "dmd", lambda few, x0, ctl, made: ({"video": 3 * one, "audio": 7 * one}, {m: torch.zeros_like(v) for m, v in x0.items()}))
     trainer = _trainer(1)
     trainer.fit(model, _datamodule(tiny_shards))
     logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -520,19 +553,19 @@ def test_the_fake_score_loss_is_accumulated_on_the_modules_device(monkeypatch) -
 @pytest.mark.parametrize("off", [None, "fm", "sc", "dmd"])
 def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, monkeypatch, off: str | None) -> None:
     """The rollout gets the step's prefix, transcript and control generator; its history and levels (and the
-    training window) reach flow matching and the Few-mode view that ShortCut and DMD use; a term weighted 0 is not
-    computed."""
+    training window) reach flow matching and the Few-mode view that ShortCut and DMD use, its Few samples reach DMD;
+    a term weighted 0 is not computed."""
     import lightning_mf.lit.mutual_forcing as module
     from lightning_mf.objectives.flow_matching import FlowMatchingResult
 
     model = _model(window=2, ctx_s=0.1, motion_weight={"video": 4.0}, **({f"{off}_weight": 0.0} if off else {}))
     seen: dict[str, tuple] = {}
-    history, levels = object(), object()
+    history, levels, made = object(), object(), object()
     one = model.net.towers.video.embed.weight.sum() * 0 + 1
 
     def rollout(x0, count, prefix, cond, ctl):
         seen["rollout"] = (x0, count, prefix, cond, ctl)
-        return history, levels
+        return history, levels, made
 
     def fm(net, seq, x0, prefix, cond, noise, hist, window, lev, motion_weight):
         seen["fm"] = (net, hist, window, lev, noise, cond, motion_weight)
@@ -546,7 +579,7 @@ def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, mo
     monkeypatch.setattr(module, "teacher_forcing_flow_matching", fm)
     monkeypatch.setattr(module, "TeacherForced", View)
     monkeypatch.setattr(model, "shortcut", lambda few, x0, ctl: seen.update(sc=(few, ctl)) or {"video": one})
-    monkeypatch.setattr(model, "dmd", lambda few, x0, ctl: seen.update(dmd=(few, ctl)) or ({"video": one}, None))
+    monkeypatch.setattr(model, "dmd", lambda few, x0, ctl, made: seen.update(dmd=(few, ctl, made)) or ({"video": one}, None))
     monkeypatch.setattr(model, "prefix", lambda batch: "the prefix")
     monkeypatch.setattr(model, "condition", lambda batch, dropout=0.0: ("the transcript", dropout))
     _trainer(1).fit(model, _datamodule(tiny_shards))
@@ -558,6 +591,8 @@ def test_a_training_step_wires_the_rollout_into_every_term(tiny_shards: Path, mo
     assert set(seen) == {"rollout", "few", "fm", "sc", "dmd"} - {off}  # a term weighted 0 is not computed
     for term in {"sc", "dmd"} - {off}:
         assert isinstance(seen[term][0], View) and seen[term][1] is ctl
+    if off != "dmd":
+        assert seen["dmd"][2] is made  # the rollout's Few samples, for DMD to reuse
     if off != "fm":
         assert seen["fm"] == (model.net, history, 2, levels, model.noise, ("the transcript", model.cfg_dropout), {"video": 4.0})
 
@@ -568,7 +603,7 @@ def _quadratic_terms(model: MutualForcing, monkeypatch) -> None:
     from lightning_mf.objectives.flow_matching import FlowMatchingResult
 
     square = lambda: sum(p.pow(2).sum() for p in model.net.parameters())  # noqa: E731
-    monkeypatch.setattr(model, "rollout", lambda *args: (None, None))
+    monkeypatch.setattr(model, "rollout", lambda *args: (None, None, None))
     monkeypatch.setattr(module, "TeacherForced", lambda *args: None)  # no distillation term uses it (sd_weight 0)
     monkeypatch.setattr(module, "teacher_forcing_flow_matching", lambda *args: FlowMatchingResult({"video": square()[None, None]}, {"video": torch.zeros(1, 1)}))
 

@@ -30,6 +30,7 @@ LEVELS = "model.dmd_levels must satisfy 0 < low <= high < 1, got "
     ("options", "message"),
     [
         ({"real_score": "live"}, "model.real_score must be 'shared' or 'frozen', got 'live'"),
+        ({"dmd_sample": "both"}, "model.dmd_sample must be 'rollout' or 'fresh', got 'both'"),
         ({"rollout_steps": (0,)}, "model.rollout_steps must list jump counts >= 1, got [0]"),
         ({"shortcut_steps": ()}, "model.shortcut_steps must list jump counts >= 1, got []"),
         ({"dmd_steps": (2, 0)}, "model.dmd_steps must list jump counts >= 1, got [2, 0]"),
@@ -230,7 +231,8 @@ def test_the_rollout_streams_few_mode_with_the_stages_window_context_level_and_d
         fake = _Stream()
         monkeypatch.setattr(module, "stream", fake)
         x0 = _x0(model, count)
-        history, levels = model.rollout(x0, count, prefix, cond, torch.Generator().manual_seed(0))
+        history, levels, made = model.rollout(x0, count, prefix, cond, torch.Generator().manual_seed(0))
+        assert made is None  # DMD draws another grid (4 jumps): nothing to reuse
         assert fake.args[:2] == (model.net, model.seq)
         on_write = fake.kwargs.pop("on_write")
         assert callable(on_write) and fake.kwargs == {
@@ -243,9 +245,34 @@ def test_the_rollout_streams_few_mode_with_the_stages_window_context_level_and_d
             assert levels[m].shape == history[m].shape[:2] and bool((levels[m] == 0.1).all())
     fake = _Stream()
     monkeypatch.setattr(module, "stream", fake)
-    history, levels = model.rollout(_x0(model, 1), 1, prefix, cond, torch.Generator().manual_seed(0))
-    assert fake.kwargs == {} and levels is None and all(h.shape[1] == 0 for h in history.values())
+    history, levels, made = model.rollout(_x0(model, 1), 1, prefix, cond, torch.Generator().manual_seed(0))
+    assert fake.kwargs == {} and levels is None and made is None and all(h.shape[1] == 0 for h in history.values())
 
+
+@pytest.mark.parametrize("count", [3, 1])
+def test_a_rollout_dmd_can_reuse_streams_chunk_l_too_and_keeps_each_chunks_state_before_its_last_jump(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """When DMD may draw the rollout's grid, ``stream`` makes all L chunks (even L = 1, with no history); the
+    history is still the first L-1 written, and the Few samples hold the rollout's grid and, per chunk, the state the
+    last jump started from. Any other grid in ``dmd_steps`` does not change that."""
+    import lightning_mf.lit.mutual_forcing as module
+
+    model = MutualForcing(tower=TOWER, rollout_steps=(2,), dmd_steps=(4, 2), few_shift=2.0)
+    fake = _Stream()
+    monkeypatch.setattr(module, "stream", fake)
+    history, levels, made = model.rollout(_x0(model, count), count, None, None, torch.Generator().manual_seed(0))
+    assert fake.kwargs["num_chunks"] == count and levels is None
+    jumps = grid(2, 2.0, few=True)
+    assert made.jumps == jumps
+    last = [x for x, s, _ in fake.calls if s == jumps[-1][0]]  # the input of each chunk's last jump
+    assert len(last) == count
+    for m in model.seq.modalities:
+        written = [w[m] for w in fake.written[: count - 1]]
+        assert history[m].shape[1] == (count - 1) * model.seq.tokens_per_chunk(m)
+        if written:
+            torch.testing.assert_close(history[m], torch.cat(written, dim=1), rtol=0, atol=0)
+        torch.testing.assert_close(made.before_last[m], torch.cat([x[m] for x in last], dim=1), rtol=0, atol=0)
 
 def test_the_history_levels_live_on_the_historys_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """(On a GPU the levels must be where the history is: the meta device stands in for it here.)"""
@@ -253,7 +280,7 @@ def test_the_history_levels_live_on_the_historys_device(monkeypatch: pytest.Monk
 
     model = MutualForcing(tower=TOWER, rollout_steps=(1,), ctx_s=0.2)
     monkeypatch.setattr(module, "stream", _Stream(device="meta"))
-    _, levels = model.rollout(_x0(model, 2), 2, None, None, torch.Generator().manual_seed(0))
+    _, levels, _ = model.rollout(_x0(model, 2), 2, None, None, torch.Generator().manual_seed(0))
     assert all(v.device.type == "meta" for v in levels.values())
 
 
