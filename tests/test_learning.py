@@ -79,3 +79,43 @@ def test_multi_mode_then_few_mode_sample_the_training_distribution() -> None:
     for jumps in (1, 2):
         mean_error, std_error = _moments_error(net, grid(jumps, 1.0, few=True))
         assert mean_error < TOLERANCE and std_error < TOLERANCE, (jumps, mean_error, std_error)
+
+
+VIDEO = AVSequencer(AVSpec(height=16, width=16), ("video",), patch=4, tubelet=2)  # 16 tokens of 96 values per chunk
+
+
+def _still_clips(batch: int, generator: torch.Generator) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Random first frames, and clips that hold them (plus a little noise): the best model copies the first frame."""
+    frames = torch.randint(0, 255, (batch, 3, 16, 16), generator=generator, dtype=torch.uint8)
+    prefix = VIDEO.prefix(frames)
+    x0 = prefix["video"].x.repeat(1, CHUNKS, 1)
+    return prefix, {"video": x0 + 0.05 * torch.randn(x0.shape, generator=generator)}
+
+
+def _first_frame_error(first_frame_input: bool, steps: int = 80) -> float:
+    """Mean |streamed tokens - first frame tokens| of a one-block video tower after ``steps`` stage-1 steps."""
+    torch.manual_seed(0)
+    config = TowerConfig(dim=128, depth=1, heads=2, vocab_size=16, first_frame_input=first_frame_input)
+    net = AVTransformer({"video": Tower(VIDEO.token_dim("video"), config, modality="video")}, VIDEO.spec.chunk_seconds)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.0)
+    data = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        prefix, x0 = _still_clips(16, data)
+        loss = teacher_forcing_flow_matching(net, VIDEO, x0, prefix, None, NoiseSchedule(distribution="uniform")).loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prefix, _ = _still_clips(32, torch.Generator().manual_seed(1))
+    chunks = stream(net.eval(), VIDEO, partial(integrate, grid=grid(10, 1.0, few=False)), num_chunks=CHUNKS, batch=32,
+                    prefix=prefix, generator=torch.Generator().manual_seed(2))
+    x = torch.cat([c["video"] for c in chunks], dim=1)
+    return (x - prefix["video"].x.repeat(1, CHUNKS, 1)).abs().mean().item()
+
+
+def test_with_the_first_frame_at_every_token_a_tower_learns_to_keep_the_character_within_80_steps() -> None:
+    """The demo's clip fell apart because stage 1 had not learned to keep the character through attention to the sink
+    in its 160 steps; read at every token (``first_frame_input``), the first frame is kept within 80 steps here, to
+    the clips' own noise (0.04), while the same budget without it samples as far from it as the frames' own size
+    (tokens of mean |x| 0.5; seen: 0.05 against 0.47)."""
+    kept, without = _first_frame_error(True), _first_frame_error(False)
+    assert kept < 0.1 and without > 0.3, (kept, without)

@@ -171,7 +171,7 @@ class FlowModule(L.LightningModule):
                 "carry the token's noise through the tower, so such a model cannot learn to denoise; use a smaller "
                 "codec.patch / codec.tubelet or a wider tower"
             )
-        towers = {m: Tower(self.seq.token_dim(m), tower, self.seq.track_offsets(m)) for m in self.seq.modalities}
+        towers = {m: Tower(self.seq.token_dim(m), tower, self.seq.track_offsets(m), modality=m) for m in self.seq.modalities}
         self.net = AVTransformer(towers, spec.chunk_seconds)
         self.net.activation_checkpointing = activation_checkpointing
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if ema_decay is not None else None

@@ -31,7 +31,12 @@ class TowerConfig:
         time_max_hz: fastest rotary time frequency; should resolve the finest token spacing (e.g. the mel hop).
         transcript_track: also add to every token an embedding of the transcript token spoken at its time (a pause
             and "no transcript" each have their own), read at each frame the token covers: the transcript's timing,
-            start and end included, reaches every token directly instead of through cross-attention alone.
+            start and end included, reaches every token directly instead of through cross-attention alone. ``true``
+            for every tower, or the modalities whose towers read it (e.g. ``[audio]``).
+        first_frame_input: the video tower also reads, at every token, the first frame's token at the same patch as a
+            second input (the channel concatenation of image-to-video models such as SVD and Wan I2V): keeping the
+            character no longer has to be learned as attention to the first-frame sink. Towers without a first frame
+            (audio) ignore it.
         skip_sigma: if set, the data's standard deviation, and the velocity is preconditioned as in EDM:
             ``v = c_skip(s) x_s + c_out(s) F`` with the linear skip that best predicts ``v = eps - x0`` from ``x_s``
             (``c_skip(1) = 1``: near pure noise the noise passes through the skip and the network only adds the
@@ -45,10 +50,16 @@ class TowerConfig:
     mlp_ratio: float = 4.0
     vocab_size: int = 256
     time_max_hz: float = 40.0
-    transcript_track: bool = False
+    transcript_track: bool | tuple[str, ...] = False
+    first_frame_input: bool = False
     skip_sigma: float | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.transcript_track, bool):
+            object.__setattr__(self, "transcript_track", tuple(self.transcript_track))  # a YAML list
+            unknown = sorted(set(self.transcript_track) - {"video", "audio"})
+            if unknown:
+                raise ValueError(f"TowerConfig: transcript_track lists modalities 'video' and 'audio', got {unknown}")
         if self.dim % self.heads or (self.dim // self.heads) % 8:
             raise ValueError(f"TowerConfig: dim={self.dim} / heads={self.heads} must be an integer head size divisible by 8")
         if self.skip_sigma is not None and not self.skip_sigma > 0:
@@ -87,14 +98,21 @@ class Tower(nn.Module):
         config: width, depth and the rest (:class:`TowerConfig`).
         track_offsets: where, relative to a token's time, the transcript track is read (seconds; e.g. the centres
             of a video tubelet's frames); used when ``config.transcript_track``.
+        modality: what the tower generates (``video`` or ``audio``): the video tower is the one with a first frame
+            (``config.first_frame_input``), and ``config.transcript_track`` may name towers. None: a tower of no
+            particular modality, which reads the track only if every tower does.
     """
 
-    def __init__(self, token_dim: int, config: TowerConfig = TowerConfig(), track_offsets: tuple[float, ...] = (0.0,)) -> None:
+    def __init__(
+        self, token_dim: int, config: TowerConfig = TowerConfig(), track_offsets: tuple[float, ...] = (0.0,), modality: str | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         dim, depth, heads, mlp_ratio = config.dim, config.depth, config.heads, config.mlp_ratio
         self.token_dim, self.dim, self.depth, self.heads, self.vocab_size = token_dim, dim, depth, heads, config.vocab_size
         self.embed = nn.Linear(token_dim, dim)
+        # the first frame's token as a second input channel group, initialised as the token's own (channel concat)
+        self.first_frame_embed = nn.Linear(token_dim, dim) if config.first_frame_input and modality == "video" else None
         self.s_embed = NoiseLevelEmbedding(dim)
         self.d_embed = NoiseLevelEmbedding(dim, zero_last=True)  # the Few-mode step size (METHOD §1)
         self.adaln = zero_init(nn.Linear(dim, 6 * dim))  # shared per-token modulation, offsets per block
@@ -106,7 +124,10 @@ class Tower(nn.Module):
         self.out = zero_init(nn.Linear(dim, token_dim))
         self.rope = Rope(dim // heads, time_max_hz=config.time_max_hz)
         self.track_offsets = tuple(float(o) for o in track_offsets)
-        if config.transcript_track:  # ids: 0 = no transcript, 1..vocab_size = tokens, vocab_size + 1 = a pause
+        self.track: nn.ModuleList | None = None
+        tracked = config.transcript_track
+        if tracked is True or (not isinstance(tracked, bool) and modality in tracked):
+            # ids: 0 = no transcript, 1..vocab_size = tokens, vocab_size + 1 = a pause
             self.track = nn.ModuleList(nn.Embedding(config.vocab_size + 2, dim) for _ in self.track_offsets)
             # about the scale of the token embeddings; a smaller start trades the transcript for the frames (tiny
             # stage 1 at 600 steps: r 0.56 / 0.44 / 0.22 and FD clips 52 / 33 / 23 at std 0.5 / 0.1 / 0)
@@ -129,7 +150,7 @@ class Tower(nn.Module):
     def transcript_track(self, cond: Cond, times: Tensor) -> Tensor | None:
         """Sum over ``track_offsets`` of the embedding of what ``cond`` says is spoken at ``times + offset``:
         (B, N, D) for token times (N,), or None when the tower has no track."""
-        if not self.config.transcript_track:
+        if self.track is None:
             return None
         return sum(table(cond.spoken_at(times + offset, self.vocab_size + 1)) for table, offset in zip(self.track, self.track_offsets))
 

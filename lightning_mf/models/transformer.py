@@ -108,6 +108,8 @@ class AVTransformer(nn.Module):
         for m in names:
             tower, t = self.towers[m], tokens[m]
             h[m] = tower.embed(t.x)  # (B, N, D)
+            if tower.first_frame_embed is not None:
+                h[m] = h[m] + tower.first_frame_embed(self._first_frame_at(m, t, cache, write))
             track = tower.transcript_track(cond, t.pos[:, 0])
             if track is not None:
                 h[m] = h[m] + track
@@ -150,6 +152,33 @@ class AVTransformer(nn.Module):
             tower = self.towers[m]
             out[m] = tower.velocity(tokens[m].x, tokens[m].s, tower.out(modulate(tower.final_norm(h[m]), final[m][0], final[m][1])))
         return out
+
+    @staticmethod
+    def _first_frame_at(modality: str, tokens: Tokens, cache: KVCache | None, write: bool) -> Tensor:
+        """The first frame's token at the patch of each token (B, N, C): from this forward's sink tokens (kept in the
+        cache when it is written), else from the cache."""
+        sink = tokens.layout.chunk == SINK_CHUNK
+        if bool(sink.any()):
+            first = (tokens.x[:, sink], tokens.pos[sink])
+            if write and cache is not None:
+                cache.first_frame[modality] = first
+        elif cache is not None and modality in cache.first_frame:
+            first = cache.first_frame[modality]
+        else:
+            raise ValueError(
+                f"tower.first_frame_input: the {modality} tower reads the first frame at every token, but this forward has "
+                "no first-frame chunk (chunk 0) in its tokens or its cache"
+            )
+        x, pos = first
+        cols = int(pos[:, 2].max()) + 1
+        place = (pos[:, 1] * cols + pos[:, 2]).long()  # (P,) patch index of each first-frame token
+        table = place.new_full((int(place.max()) + 1,), -1)
+        table[place] = torch.arange(len(place), device=place.device)
+        wanted = (tokens.pos[:, 1] * cols + tokens.pos[:, 2]).long()  # (N,)
+        index = table[wanted.clamp(0, len(table) - 1)]
+        if bool(((index < 0) | (wanted >= len(table))).any()):
+            raise ValueError(f"tower.first_frame_input: some {modality} tokens lie at a patch the first frame does not have")
+        return x.index_select(1, index)
 
     @staticmethod
     def _modulation(tower: Tower, s: Tensor, d: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:

@@ -77,3 +77,15 @@ def test_the_track_moves_the_velocity_and_a_tower_without_it_has_no_track_weight
     without = _net(False)
     assert not [name for name in without.state_dict() if ".track." in name]
     assert without.towers["video"].transcript_track(cond, tokens["video"].pos[:, 0]) is None
+
+
+@pytest.mark.parametrize(("setting", "tracked"), [(("audio",), {"audio"}), (("video", "audio"), {"video", "audio"}), (True, {"video", "audio"}), (False, set())])
+def test_the_track_can_be_given_to_some_towers_only(setting: bool | tuple[str, ...], tracked: set[str]) -> None:
+    """One ``TowerConfig`` serves both towers: a list names the towers that read the track (``[audio]``: the audio
+    follows the transcript while the video tower is left as it was); ``true`` is every tower."""
+    config = dataclasses.replace(TINY, transcript_track=setting)
+    towers = {m: Tower(12, config, track_offsets=(0.0,), modality=m) for m in ("video", "audio")}
+    assert {m for m, tower in towers.items() if tower.track is not None} == tracked
+    assert (Tower(12, config).track is not None) == (setting is True)  # a tower of no modality: only with true
+    with pytest.raises(ValueError, match=r"transcript_track lists modalities 'video' and 'audio', got \['mouth'\]"):
+        dataclasses.replace(TINY, transcript_track=["audio", "mouth"])

@@ -107,6 +107,13 @@ def test_the_transcript_track_is_read_alike_in_training_and_streaming(kind: str)
     assert _parity(kind, d=0.25, cfg=3.0, window=2, chunks=5, transcript_track=True) < TOLERANCE
 
 
+@pytest.mark.parametrize("kind", ["joint", "video"])
+def test_the_first_frame_input_is_read_alike_in_training_and_streaming(kind: str) -> None:
+    """Video tokens that read the first frame at their patch (``first_frame_input``) get it from the cache the sink
+    was written to, for both CFG branches and past a rolling window, as they get it from the sink in the parallel view."""
+    assert _parity(kind, d=0.25, cfg=3.0, window=2, chunks=5, first_frame_input=True) < TOLERANCE
+
+
 def test_a_preconditioned_velocity_is_the_same_in_training_and_streaming() -> None:
     assert _parity("joint", d=0.25, cfg=3.0, ctx_s=0.1, skip_sigma=0.6) < TOLERANCE
 
