@@ -34,9 +34,10 @@ class KVCache:
         self.k: dict[str, list[Tensor]] = {}  # modality -> per layer (B, H, capacity, Dh)
         self.v: dict[str, list[Tensor]] = {}
         self.layouts: dict[str, Layout] = {}
-        # modality -> the first frame's tokens (B, P, C) and their positions (P, 3), for towers that read them at
-        # every token (TowerConfig.first_frame_input); kept from the write of the sink, which never rolls out
-        self.first_frame: dict[str, tuple[Tensor, Tensor]] = {}
+        # modality -> the first frame's tokens (B, P, C), the table from patch index to token and the patch columns, for
+        # towers that read it at every token (TowerConfig.first_frame_input); kept from the write of the sink, which
+        # never rolls out
+        self.first_frame: dict[str, tuple[Tensor, Tensor, int]] = {}
 
     def layout(self, modality: str) -> Layout | None:
         return self.layouts.get(modality)

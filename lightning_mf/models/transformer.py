@@ -156,10 +156,10 @@ class AVTransformer(nn.Module):
     @staticmethod
     def _first_frame_at(modality: str, tokens: Tokens, cache: KVCache | None, write: bool) -> Tensor:
         """The first frame's token at the patch of each token (B, N, C): from this forward's sink tokens (kept in the
-        cache when it is written), else from the cache."""
+        cache, with their patch lookup, when it is written), else from the cache."""
         sink = tokens.layout.chunk == SINK_CHUNK
         if bool(sink.any()):
-            first = (tokens.x[:, sink], tokens.pos[sink])
+            first = (tokens.x[:, sink], *_patch_lookup(tokens.pos[sink]))
             if write and cache is not None:
                 cache.first_frame[modality] = first
         elif cache is not None and modality in cache.first_frame:
@@ -169,12 +169,8 @@ class AVTransformer(nn.Module):
                 f"tower.first_frame_input: the {modality} tower reads the first frame at every token, but this forward has "
                 "no first-frame chunk (chunk 0) in its tokens or its cache"
             )
-        x, pos = first
-        cols = int(pos[:, 2].max()) + 1
-        place = (pos[:, 1] * cols + pos[:, 2]).long()  # (P,) patch index of each first-frame token
-        table = place.new_full((int(place.max()) + 1,), -1)
-        table[place] = torch.arange(len(place), device=place.device)
-        wanted = (tokens.pos[:, 1] * cols + tokens.pos[:, 2]).long()  # (N,)
+        x, table, cols = first
+        wanted = (tokens.pos[:, 1] * cols + tokens.pos[:, 2]).long()  # (N,) patch of each token
         index = table[wanted.clamp(0, len(table) - 1)]
         if bool(((index < 0) | (wanted >= len(table))).any()):
             raise ValueError(f"tower.first_frame_input: some {modality} tokens lie at a patch the first frame does not have")
@@ -294,3 +290,13 @@ class AVTransformer(nn.Module):
         k = Rope.apply(block.split_heads(k), text_rotation)  # (B, H, T, Dh)
         out = F.scaled_dot_product_attention(q, k, block.split_heads(v), attn_mask=text_mask[:, None, None, :])
         return block.cross_proj(out.transpose(1, 2).flatten(2))
+
+
+def _patch_lookup(pos: Tensor) -> tuple[Tensor, int]:
+    """For first-frame tokens at positions (P, 3) (time, row, column): a table from patch index ``row * cols + col`` to
+    the token's index (-1 where there is none), and ``cols``; computed once per first frame, not per forward."""
+    cols = int(pos[:, 2].max()) + 1
+    place = (pos[:, 1] * cols + pos[:, 2]).long()
+    table = place.new_full((int(place.max()) + 1,), -1)
+    table[place] = torch.arange(len(place), device=place.device)
+    return table, cols
