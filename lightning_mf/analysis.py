@@ -1,11 +1,13 @@
 """Runs side by side: TensorBoard scalars by run and the paper's ablation table (used by notebooks/ablations.ipynb).
 
 The rows come from the ``eval/<metric>_<mode>`` scalars that :class:`~lightning_mf.callbacks.GenerationEval` logs,
-read with TensorBoard's own reader and taken at each run's last evaluation.
+read with TensorBoard's own reader and taken at each run's last evaluation. The reference experiment
+(``benchmarks/reference.sh``) is read from the ``reference.json`` it writes beside its runs.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-__all__ = ["ABLATIONS", "METRICS", "Ablation", "ablation_table", "drift_by_window", "load_runs", "read_scalars", "to_markdown"]
+__all__ = ["ABLATIONS", "METRICS", "Ablation", "ablation_table", "drift_by_window", "load_reference", "load_runs", "read_scalars",
+           "to_markdown"]
 
 METRICS = ("fd_frames", "fd_clips", "fd_audio", "oracle_sync_corr", "drift_mean")
 
@@ -89,3 +92,12 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def load_reference(path: str | Path) -> dict[str, object]:
+    """The reference experiment's results: ``targets`` ([claim, measured, met]), ``curves`` ({run: [{step, seconds,
+    metric: value}]}), ``finals`` and ``long``, as ``benchmarks/reference.py report`` wrote them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run bash benchmarks/reference.sh (about 2 hours on 2 CPU cores) first")
+    return json.loads(path.read_text())

@@ -1,7 +1,9 @@
-"""notebooks/ablations.ipynb executes headless on fixture runs and shows one table row per ablation."""
+"""notebooks/ablations.ipynb executes headless on fixture runs and shows one table row per ablation, and the
+reference experiment's targets and stage-3 curves when its reference.json is there."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 from helpers import execute_notebook
 from torch.utils.tensorboard import SummaryWriter
 
-from lightning_mf.analysis import ABLATIONS, METRICS, ablation_table, drift_by_window, load_runs, to_markdown
+from lightning_mf.analysis import ABLATIONS, METRICS, ablation_table, drift_by_window, load_reference, load_runs, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "ablations.ipynb"
@@ -58,13 +60,40 @@ def test_load_runs_says_how_to_make_them(tmp_path: Path) -> None:
         load_runs(tmp_path)
 
 
-def test_notebook_executes_headless_on_fixture_runs(fixture_runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every code cell runs in order in one namespace, as a kernel would run them (MPLBACKEND=Agg)."""
+REFERENCE = {  # the shape benchmarks/reference.py report writes
+    "targets": [["stage 1 video follows the transcript", "0.10; 0.05, 0.02", "**not met**"], ["time to quality", "0.60x", "met"]],
+    "curves": {
+        "video_pretrain": [{"step": 300, "seconds": 200.0, "video_timing_r": 0.1}],
+        "mutual_forcing-seed0": [{"step": 24, "seconds": 60.0, "fd_motion": 9.0, "fd_audio": 4.0, "drift_mean": 20.0},
+                                 {"step": 90, "seconds": 240.0, "fd_motion": 7.0, "fd_audio": 3.0, "drift_mean": 15.0}],
+        "baseline_dmd_sf-seed0": [{"step": 160, "seconds": 240.0, "fd_motion": 8.0, "fd_audio": 5.0, "drift_mean": 18.0}],
+    },
+    "finals": [], "long": {},
+}
+
+
+def test_load_reference_says_how_to_make_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="bash benchmarks/reference.sh"):
+        load_reference(tmp_path / "reference.json")
+
+
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_notebook_executes_headless_on_fixture_runs(fixture_runs: Path, with_reference: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every code cell runs in order in one namespace, as a kernel would run them (MPLBACKEND=Agg); the reference
+    experiment's section draws its stage-3 curves when its file is there and says how to make it when not."""
+    reference = fixture_runs / "reference.json"
+    if with_reference:
+        reference.write_text(json.dumps(REFERENCE))
+    monkeypatch.setenv("LMF_REFERENCE", str(reference))
     monkeypatch.setenv("LMF_ABLATION_RUNS", str(fixture_runs))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.chdir(NOTEBOOK.parent)
     namespace = execute_notebook(NOTEBOOK)
     table = namespace["table"]
     assert len(table) == len(ABLATIONS) and len({row["ablation"] for row in table}) == len(ABLATIONS)
-    assert sorted(namespace["figures"]) == ["drift", "history", "objectives", "steps"]
+    assert sorted(namespace["figures"]) == sorted(["drift", "history", "objectives", "steps"] + (["reference"] if with_reference else []))
+    if with_reference:
+        axes = namespace["figures"]["reference"].axes
+        assert [line.get_label() for line in axes[0].lines] == ["mutual_forcing-seed0", "baseline_dmd_sf-seed0"]  # stage 3 only
+        assert list(axes[0].lines[0].get_xdata()) == [1.0, 4.0] and list(axes[0].lines[0].get_ydata()) == [9.0, 7.0]
     assert os.environ["LMF_ABLATION_RUNS"] == str(namespace["RUNS"])

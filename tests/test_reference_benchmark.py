@@ -1,0 +1,97 @@
+"""benchmarks/reference.py: the plan trains what issue 16 asks for (equal stage-3 wall-clock, two training seeds), its
+config overlays parse in the CLI, the targets are read off the results as the issue states them, and the long-stream
+segments keep frames, audio and ground truth aligned."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from reference import _segment, overlay, plan, targets  # noqa: E402
+
+from lightning_mf.batch import AVBatch  # noqa: E402
+
+
+def test_stage_3_runs_share_one_wall_clock_budget_and_the_two_compared_methods_have_two_seeds(tmp_path: Path) -> None:
+    fits = plan(120, 100, 80, 3.5)
+    stage3 = [f for f in fits if f.stage == "stage 3"]
+    assert [f.name for f in fits[:3]] == ["audio_pretrain", "video_pretrain", "joint"]
+    assert {f.minutes for f in stage3} == {3.5} and all(f.steps is None for f in stage3)
+    seeds = {config: sorted(f.seed for f in stage3 if f.config == config) for config in {f.config for f in stage3}}
+    assert seeds == {"mutual_forcing": [0, 1], "baseline_dmd_sf": [0, 1], "baseline_shortcut_tf": [0], "baseline_dmd_tf": [0]}
+    budgets = {overlay(f, tmp_path)["trainer"]["max_time"] for f in stage3}
+    assert budgets == {"00:00:03:30"}
+    mf = overlay(stage3[0], tmp_path)
+    assert mf["trainer"]["limit_val_batches"] == 0  # nothing but training inside the budget
+    assert mf["model"]["init_args"]["init_ckpt"] == str(tmp_path / "joint/checkpoints/last.ckpt")
+    assert mf["seed_everything"] == 0 and overlay(stage3[1], tmp_path)["seed_everything"] == 1
+    joint = overlay(fits[2], tmp_path)
+    assert joint["trainer"]["max_steps"] == 80 and joint["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] == 20
+    assert joint["model"]["init_args"]["video_ckpt"] == str(tmp_path / "video_pretrain/checkpoints/last.ckpt")
+
+
+def test_the_stage_3_overlay_parses_in_the_cli(tmp_path: Path) -> None:
+    fit = next(f for f in plan(10, 10, 10, 2.0) if f.name == "baseline_dmd_sf-seed1")
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay(fit, tmp_path)))
+    done = subprocess.run(
+        [sys.executable, "-m", "lightning_mf", "fit", "--config", "configs/tiny/baseline_dmd_sf.yaml", "--config", str(tmp_path / "overlay.yaml"), "--print_config"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = yaml.safe_load(done.stdout)
+    assert config["seed_everything"] == 1 and config["trainer"]["max_time"] == "00:00:02:00"
+    callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]  # GenerationEval is gone: not in the budget
+    assert callbacks == ["lightning.pytorch.callbacks.ModelCheckpoint", "lightning_mf.callbacks.TimedCheckpoint"]
+    assert config["trainer"]["callbacks"][1]["init_args"]["every_seconds"] == 60.0
+    assert config["model"]["init_args"]["init_ckpt"] == str(tmp_path / "joint/checkpoints/last.ckpt")
+
+
+def test_targets_are_read_off_the_results_as_the_issue_states_them() -> None:
+    swap = "multi50, another clip's transcript"
+    quality = {"fd_motion": 10.0, "fd_audio": 5.0, "oracle_sync_corr": 0.5, "drift_mean": 20.0}
+    results = {
+        ("video_pretrain", "multi50"): [dict(video_timing_r=0.8)],
+        ("video_pretrain", swap): [dict(video_timing_r=0.75, video_timing_r_frame_clip=0.25)],  # follows its frame too much
+        ("joint", "multi50"): [dict(video_timing_r=0.7, audio_timing_r=0.9, oracle_sync_corr=0.6, vowel_error_rate=0.2, fd_motion=9.0, fd_motion_ci95=0.5)],
+        ("mutual_forcing", "multi50"): [dict(**quality, fd_motion_ci95=1.0)],
+        ("mutual_forcing", "few4"): [dict(**quality | {"fd_motion": 10.9, "fd_audio": 5.8})],  # 16% off, outside the interval
+        ("baseline_dmd_sf", "few4"): [dict(fd_motion=12.0, fd_audio=6.0, oracle_sync_corr=0.4, drift_mean=10.0)],
+        ("baseline_shortcut_tf", "few4"): [dict(fd_motion=9.0, fd_audio=4.0, oracle_sync_corr=0.6, drift_mean=30.0)],
+    }
+    curve = {
+        "mutual_forcing-seed0": [{"seconds": 60.0, "fd_motion": 20.0}, {"seconds": 120.0, "fd_motion": 11.0}],
+        "baseline_dmd_sf-seed0": [{"seconds": 60.0, "fd_motion": 15.0}, {"seconds": 200.0, "fd_motion": 12.0}],
+    }
+    longs = {"mutual_forcing-seed0": {"first_drift_mean": 10.0, "last_drift_mean": 14.0, "first_oracle_sync_corr": 0.5, "last_oracle_sync_corr": 0.3}}
+    claims = {claim.split(" (")[0]: (measured, met) for claim, measured, met in targets(results, curve, longs)}
+    assert claims["stage 1 video follows the transcript"] == ("0.80; 0.75, 0.25", "**not met**")
+    assert claims["stage 2 Multi 50 + CFG learns sync"][1] == "met"
+    # fd_motion 0.9 off: inside Multi 50's interval of 1.0; fd_audio 0.8 off: more than 15% of 5.0
+    assert claims["Few 4 as good as Multi 50 + CFG"] == ("3/4 metrics (fd_audio outside)", "**not met**")
+    # FD motion 10 against stage 2's 9: inside the intervals (1.0 + 0.5); A-V sync 0.5 against 0.6 with no interval
+    assert claims["the modes help each other"] == ("worse on oracle_sync_corr", "**not met**")
+    assert claims["Few 4 beats baseline_dmd_sf Few 4 on >= 3 of FD motion, FD audio, A-V sync, drift"] == ("3/4 (fd_motion, fd_audio, oracle_sync_corr)", "met")
+    assert claims["Few 4 beats baseline_shortcut_tf Few 4 on >= 3 of FD motion, FD audio, A-V sync, drift"][1] == "**not met**"
+    assert claims["Few 4 beats baseline_dmd_tf Few 4 on >= 3 of FD motion, FD audio, A-V sync, drift"] == ("0/4 (none)", "**not met**")
+    assert claims["time to quality: Mutual Forcing reaches DMD-SF's final Few 4 FD motion in <= 0.7x its wall-clock"] == ("0.60x", "met")
+    assert claims["mutual_forcing-seed0: 10 s Few 4 stream"] == ("drift 1.40x; sync 0.60x", "**not met**")
+
+
+def test_a_long_stream_segment_keeps_frames_audio_and_truth_aligned() -> None:
+    frames, spf = 12, 5
+    video = torch.arange(frames, dtype=torch.uint8).view(1, frames, 1, 1, 1).expand(2, frames, 3, 2, 2).contiguous()
+    audio = torch.arange(frames * spf, dtype=torch.float32).expand(2, -1).contiguous()
+    meta = [{"ground_truth": {"mouth_open": [float(t) for t in range(frames)], "identity": {"mouth": [1, 2, 3]}}, "transcript": []}] * 2
+    batch = AVBatch(video, audio, torch.zeros(2, dtype=torch.long), ["a", "b"], meta)
+    last = _segment(batch, slice(-4, None), spf)
+    assert last.video[0, :, 0, 0, 0].tolist() == [8, 9, 10, 11]
+    assert last.audio[0].tolist() == [float(x) for x in range(8 * spf, 12 * spf)]
+    assert last.meta[0]["ground_truth"]["mouth_open"] == [8.0, 9.0, 10.0, 11.0]
+    assert batch.meta[0]["ground_truth"]["mouth_open"][0] == 0.0  # the batch itself is untouched
