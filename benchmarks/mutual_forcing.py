@@ -63,9 +63,10 @@ def step_times(steps: int) -> list[str]:
     from lightning_mf.spec import AVSpec
 
     rows = []
-    # each DMD config with a rolled-out history also as it was before DMD reused the rollout (the same run, so the
-    # two step times compare)
+    # each DMD config with a rolled-out history also as it was before DMD reused the rollout, and Mutual Forcing with
+    # the guided teacher it had before issue 16's stage-3 fix (the same run, so the step times compare)
     plan = [(name, {}) for name in STAGE3] + [(name, {"dmd_sample": "fresh"}) for name in ("mutual_forcing", "baseline_dmd_sf")]
+    plan.append(("mutual_forcing", {"distill_cfg": 3.0}))
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in plan:
             config = yaml.safe_load((REPO / "configs" / "tiny" / f"{name}.yaml").read_text())
@@ -92,7 +93,10 @@ def step_times(steps: int) -> list[str]:
             trainer.fit(model, dm)
             chunks = args.get("chunks") or [data["window_chunks"]] * 2
             sample = args.get("dmd_sample", "rollout") if args["history"] == "rollout" and args["dmd_weight"] > 0 else "-"
-            rows.append(f"| {name} | {args['history']} | {sample} | {chunks[0]}-{chunks[1]} | {statistics.median(timer.times[3:]) * 1e3:.0f} ms |")
+            rows.append(
+                f"| {name} | {args['history']} | {sample} | {args['distill_cfg']:g} | {chunks[0]}-{chunks[1]} | "
+                f"{statistics.median(timer.times[3:]) * 1e3:.0f} ms |"
+            )
     return rows
 
 
@@ -201,12 +205,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     if args.what == "steps":
-        table = "\n".join(["| config | history | DMD sample | chunks/step | step |", "|---|---|---|---|---|"] + step_times(args.steps))
+        table = "\n".join(["| config | history | DMD sample | teacher CFG | chunks/step | step |", "|---|---|---|---|---|---|"] + step_times(args.steps))
         body = (
             f"## Stage-3 training step, tiny configs (batch 8 windows)\n\n`python benchmarks/mutual_forcing.py steps --steps "
             f"{args.steps}` on {machine()}, {time.strftime('%Y-%m-%d')}; median of {args.steps} steps after 3 warm-up "
             f"steps, random init (rollout, every loss, both optimizers, EMA). DMD sample `rollout`: the rollout's own chunks "
-            f"(only their last jump again); `fresh`: every chunk sampled anew (before issue 16).\n\n{table}"
+            f"(only their last jump again); `fresh`: every chunk sampled anew (before issue 16). Teacher CFG: `distill_cfg`, the "
+            f"guidance of the Multi-mode teacher (3 before issue 16's stage-3 fix; at 1 it costs no unconditional pass).\n\n{table}"
         )
         print(write_section(args.write, "stage3-steps", body) if args.write else body)
         return

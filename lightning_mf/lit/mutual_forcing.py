@@ -8,12 +8,12 @@ One training step on real windows X[1..L] (L drawn per batch):
 2. *Multi mode learns the real flow on that history*: teacher-forcing flow matching (d = 0) with the history as
    the clean context, every chunk at once (:class:`TeacherForced`: noisy chunk k sees history chunks < k, exactly
    what streaming gives it).
-3. *Multi teaches Few*: ShortCut targets (two half jumps; the Multi velocity with CFG at the smallest step) on
-   the few-step grids' (s, d) pairs, and DMD on a Few-mode sample of every chunk (gradient through its last jump
-   only) with the model's own Multi mode + CFG as real score and an online fake score trained by flow matching
-   on the detached samples (its own optimizer). With a rolled-out history the DMD samples are the rollout's own
-   chunks (it streams chunk L too and keeps each chunk's state before its last jump), as in Self-Forcing: only
-   the last jump is run again, with gradient, instead of sampling every chunk afresh.
+3. *Multi teaches Few*: ShortCut targets (two half jumps; the Multi velocity, guided at ``distill_cfg``, at the
+   smallest step) on the few-step grids' (s, d) pairs, and DMD on a Few-mode sample of every chunk (gradient through
+   its last jump only) with the model's own Multi mode (guided likewise) as real score and an online fake score
+   trained by flow matching on the detached samples (its own optimizer). With a rolled-out history the DMD samples
+   are the rollout's own chunks (it streams chunk L too and keeps each chunk's state before its last jump), as in
+   Self-Forcing: only the last jump is run again, with gradient, instead of sampling every chunk afresh.
 
 ``loss = fm_weight * L_fm + sd_weight * (sc_weight * L_sc + dmd_weight * L_dmd)``, gradient clipping, EMA.
 Baselines (``configs/tiny/baseline_*.yaml``): ShortCut with teacher forcing (history real, no DMD), DMD with
@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_mf.batch import AVBatch, Cond
@@ -75,8 +76,11 @@ class MutualForcing(TeacherForcing):
             else samples afresh; ``fresh`` always samples every chunk afresh from noise on the same history (3
             more no-grad passes over the window at 4 jumps; the same distribution, kept to measure the difference).
         few_shift: timestep shift of the few-step grids (use the same at inference).
-        min_step: ShortCut recursion stops at steps this small; their target is the Multi velocity with CFG.
-        distill_cfg: CFG scale of the Multi-mode teacher (ShortCut base and DMD real score).
+        min_step: ShortCut recursion stops at steps this small; their target is the (guided) Multi velocity.
+        distill_cfg: CFG scale of the Multi-mode teacher (ShortCut base and DMD real score). Default 1 (no
+            guidance): with the shared model as teacher, a scale above 1 is a feedback loop (each step pulls the
+            conditional velocity toward its guided version, which the next step guides again); on the tiny
+            preset Multi mode collapsed within 80 steps at 3 (the paper's 5 is at scale). Warned about.
         fm_weight, sd_weight, sc_weight, dmd_weight: ``fm * L_fm + sd * (sc * L_sc + dmd * L_dmd)``.
         real_score: DMD's real score: the ``shared`` model's Multi mode, or a ``frozen`` copy of ``init_ckpt``.
         fake_score: the online fake score: a full ``copy`` of the shared model, or ``lora``: the current shared
@@ -109,7 +113,7 @@ class MutualForcing(TeacherForcing):
         dmd_sample: Literal["rollout", "fresh"] = "rollout",
         few_shift: float = 3.0,
         min_step: float = 1 / 32,
-        distill_cfg: float = 5.0,
+        distill_cfg: float = 1.0,
         fm_weight: float = 1.0,
         sd_weight: float = 1.0,
         sc_weight: float = 2 / 3,
@@ -156,6 +160,13 @@ class MutualForcing(TeacherForcing):
         self.dmd_levels, self.window, self.ctx_s, self.control_seed = dmd_levels, window, ctx_s, control_seed
         self.register_buffer("pairs", shortcut_pairs(tuple(shortcut_steps), few_shift, min_step).float(), persistent=False)
         uses_dmd = self.weights["dmd"] > 0
+        if distill_cfg != 1.0 and (self.weights["sc"] > 0 or (uses_dmd and real_score == "shared")):
+            rank_zero_warn(
+                f"model.distill_cfg={distill_cfg:g} with the shared model as teacher: every step pulls Multi mode's "
+                "conditional velocity toward its own guided version, which the next step guides again. On the tiny "
+                "preset this collapsed Multi mode within 80 steps at 3 (docs/benchmarks.md, 'The guided teacher'); "
+                "watch Multi mode's evaluation, or use 1 (or real_score: frozen without ShortCut)."
+            )
         self.fake: nn.Module | None = None
         if uses_dmd:
             self.fake = copy.deepcopy(self.net) if fake_score == "copy" else LowRankDelta(self.net, rank=fake_rank)
@@ -321,7 +332,7 @@ class MutualForcing(TeacherForcing):
     # ------------------------------------------------------------------------------------------- self-distillation
 
     def _multi_cfg(self, velocity: TeacherForced) -> Any:
-        """Multi-mode velocity with the distillation CFG (the teacher of both ShortCut and DMD)."""
+        """Multi-mode velocity with the distillation CFG (DMD's real score; ShortCut guides its base rows itself)."""
         return guided(velocity, velocity.using(cond=velocity.cond.unconditional()), self.distill_cfg)
 
     def shortcut(self, few: TeacherForced, x0: AV, ctl: torch.Generator) -> dict[str, Tensor]:
@@ -330,7 +341,7 @@ class MutualForcing(TeacherForcing):
         rows = self.pairs[torch.multinomial(self.pairs[:, 3].cpu(), batch, replacement=True, generator=ctl).to(self.pairs.device)]
         s, d, base = rows[:, 0], rows[:, 1], rows[:, 2].bool()  # (B,)
         xs = {m: interpolate(x, torch.randn_like(x), s.view(-1, 1, 1)) for m, x in x0.items()}
-        target = shortcut_target(few, self._multi_cfg(few), xs, s, d, base)
+        target = shortcut_target(few, xs, s, d, base, few.using(cond=few.cond.unconditional()), self.distill_cfg)
         prediction = few(xs, s, d)
         return {m: (prediction[m] - target[m]).pow(2).mean() for m in x0}
 

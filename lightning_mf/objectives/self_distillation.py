@@ -4,7 +4,7 @@ Pure functions over :data:`~lightning_mf.flow.Velocity` callables and modality d
 closed-form flows and the LightningModule only wires networks into them.
 
 - ShortCut (Frans et al. 2024): the average velocity over ``[s - d, s]`` is the mean of two half jumps; at the
-  smallest step it is the Multi-mode velocity with CFG, which is how guidance gets distilled into Few mode.
+  smallest step it is the Multi-mode velocity, with CFG when guidance is to be distilled into Few mode.
 - DMD (Yin et al. 2024): push a Few-mode sample along ``fake_x0 - real_x0`` of its re-noised version, where
   the real score is the model's own Multi mode with CFG and the fake score tracks the Few-mode distribution.
 """
@@ -48,22 +48,31 @@ def shortcut_pairs(steps: tuple[int, ...], shift: float, min_step: float) -> Ten
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def shortcut_target(few: Velocity, multi_cfg: Velocity, x: AV, s: Tensor, d: Tensor, base: Tensor) -> AV:
+def shortcut_target(
+    few: Velocity, x: AV, s: Tensor, d: Tensor, base: Tensor, uncond: Velocity | None = None, cfg: float = 1.0
+) -> AV:
     """Stop-gradient ShortCut target for ``few(x, s, d)`` with per-sample ``s``, ``d`` (B,) and ``base`` (B,) bool.
 
-    Base rows: ``multi_cfg(x, s, 0)``. Other rows: ``u1 = few(x, s, d/2)``, ``x' = x - d/2 u1``,
-    ``u2 = few(x', s - d/2, d/2)``, target ``(u1 + u2) / 2`` (METHOD §4.3). Only the branches some row needs run.
+    Base rows: the Multi velocity ``few(x, s, 0)``, guided by ``uncond(x, s, 0)`` at scale ``cfg`` (needed only when
+    ``cfg != 1``). Other rows: ``u1 = few(x, s, d/2)``, ``x' = x - d/2 u1``, ``u2 = few(x', s - d/2, d/2)``, target
+    ``(u1 + u2) / 2`` (METHOD §4.3). The base rows' Multi velocity and the other rows' first half jump are one call
+    (``d`` is per sample), so a mixed batch costs two calls unguided, three guided.
     """
     with torch.no_grad():
-        out: AV | None = None
+        first = few(x, s, torch.where(base, torch.zeros_like(d), d / 2))  # base rows: Multi; others: u1
+        out = first
         if bool((~base).any()):
             half = d / 2
-            u1 = few(x, s, half)
-            u2 = few({m: x[m] - _per_sample(half, x[m]) * u1[m] for m in x}, s - half, half)
-            out = {m: (u1[m] + u2[m]) / 2 for m in x}
+            u2 = few({m: x[m] - _per_sample(half, x[m]) * first[m] for m in x}, s - half, half)
+            out = {m: (first[m] + u2[m]) / 2 for m in x}
         if bool(base.any()):
-            v = multi_cfg(x, s, 0.0)
-            out = v if out is None else {m: torch.where(_per_sample(base, v[m]).bool(), v[m], out[m]) for m in x}
+            v = first
+            if cfg != 1.0:
+                if uncond is None:
+                    raise ValueError(f"shortcut_target: cfg={cfg:g} needs the unconditional velocity")
+                u0 = uncond(x, s, 0.0)
+                v = {m: u0[m] + cfg * (first[m] - u0[m]) for m in x}
+            out = {m: torch.where(_per_sample(base, v[m]).bool(), v[m], out[m]) for m in x}
         return out
 
 

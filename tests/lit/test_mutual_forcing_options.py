@@ -53,6 +53,25 @@ def test_each_bad_option_is_refused_with_its_name(options: dict[str, Any], messa
     assert str(error.value) == message
 
 
+@pytest.mark.parametrize(
+    ("options", "warns"),
+    [
+        ({}, False),  # the default teacher is unguided
+        ({"distill_cfg": 3.0}, True),  # ShortCut's base target and DMD's real score both guide the shared model
+        ({"distill_cfg": 3.0, "dmd_weight": 0.0}, True),  # ShortCut alone still does
+        ({"distill_cfg": 3.0, "sc_weight": 0.0}, True),  # so does DMD alone with the shared real score
+        ({"distill_cfg": 3.0, "sc_weight": 0.0, "real_score": "frozen"}, False),  # a frozen teacher is no loop
+    ],
+)
+def test_a_guided_shared_teacher_is_warned_about(options: dict[str, Any], warns: bool, recwarn) -> None:
+    """A guided teacher that is the trained model itself is a feedback loop (Multi mode collapsed on the tiny
+    preset): it runs, with a warning that says so; an unguided or frozen teacher runs silently."""
+    model = MutualForcing(tower=TOWER, **options)
+    found = [w for w in recwarn if "with the shared model as teacher" in str(w.message)]
+    assert len(found) == int(warns)
+    assert model.distill_cfg == options.get("distill_cfg", 1.0)
+
+
 def test_the_edges_of_the_valid_ranges_are_accepted() -> None:
     """Equal DMD level bounds, one chunk, one jump and zero loss weights are valid (the bounds are inclusive there)."""
     model = MutualForcing(

@@ -49,12 +49,19 @@ def _x(seed: int = 0) -> AV:
     return {"video": torch.randn(4, 5, 3, generator=g, dtype=torch.float64), "audio": torch.randn(4, 2, 1, generator=g, dtype=torch.float64)}
 
 
+def flow(x: AV, s: Tensor | float, d: Tensor | float) -> AV:
+    """The closed-form model: the exact chord for ``d > 0``, the instantaneous velocity (Multi mode) at ``d = 0``."""
+    d = torch.as_tensor(d, dtype=torch.float64).expand(4)
+    chord, multi = average_velocity(x, s, torch.where(d > 0, d, 1.0)), instantaneous_velocity(x, s, 0.0)
+    return {m: torch.where(_b(d) > 0, chord[m], multi[m]) for m in x}
+
+
 def test_the_target_of_a_true_average_velocity_is_itself_and_the_base_is_the_multi_velocity() -> None:
     x = _x()
     s = torch.tensor([1.0, 0.8, 0.5, 0.3], dtype=torch.float64)
     d = torch.tensor([1.0, 0.4, 0.25, 0.01], dtype=torch.float64)
     base = torch.tensor([False, False, False, True])
-    target = shortcut_target(average_velocity, instantaneous_velocity, x, s, d, base)
+    target = shortcut_target(flow, x, s, d, base)
     exact, multi = average_velocity(x, s, d), instantaneous_velocity(x, s, 0.0)
     for m in x:  # two exact half chords average to the whole chord
         torch.testing.assert_close(target[m][:3], exact[m][:3], rtol=0, atol=1e-10)
@@ -62,26 +69,29 @@ def test_the_target_of_a_true_average_velocity_is_itself_and_the_base_is_the_mul
     assert not torch.allclose(exact["video"][:3], multi["video"][:3], atol=1e-2)  # the jumps are not the Multi velocity
 
 
-def test_the_target_is_the_mean_of_two_half_jumps_of_the_model_and_cfg_multi_at_the_smallest_step() -> None:
-    """A model that is not self-consistent: the target must be built from its own half jumps (direct computation)."""
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_the_target_is_the_mean_of_two_half_jumps_of_the_model_and_cfg_multi_at_the_smallest_step(cfg: float) -> None:
+    """A model that is not self-consistent: the target must be built from its own half jumps, and the base row from
+    its Multi velocity guided at ``cfg`` (direct computation)."""
     x = _x(1)
     w = {"video": 0.7, "audio": -0.3}
+    calls = []
 
     def model(x: AV, s: Tensor | float, d: Tensor | float) -> AV:
+        calls.append("model")
         s, d = torch.as_tensor(s, dtype=torch.float64).expand(4), torch.as_tensor(d, dtype=torch.float64).expand(4)
         return {m: w[m] * xm + _b(s) ** 2 - 3 * _b(d) for m, xm in x.items()}
 
-    calls = []
-
-    def multi_cfg(x: AV, s: Tensor, d: float) -> AV:
-        calls.append(d)
+    def uncond(x: AV, s: Tensor, d: float) -> AV:
+        calls.append(("uncond", d))
         return {m: xm * 0 + 42.0 for m, xm in x.items()}
 
     s = torch.tensor([1.0, 0.9, 0.6, 0.2], dtype=torch.float64)
     d = torch.tensor([0.5, 0.3, 0.6, 0.02], dtype=torch.float64)
     base = torch.tensor([False, False, False, True])
-    target = shortcut_target(model, multi_cfg, x, s, d, base)
-    assert calls == [0.0]  # the teacher is Multi mode (d = 0)
+    target = shortcut_target(model, x, s, d, base, uncond, cfg)
+    # the first half jumps and the base row's Multi velocity in one call, the second half jumps in another
+    assert calls == ["model", "model"] + ([("uncond", 0.0)] if cfg != 1 else [])
     for i in range(3):
         xi = {m: v[i : i + 1].expand(4, -1, -1) for m, v in x.items()}
         h = float(d[i]) / 2
@@ -89,17 +99,29 @@ def test_the_target_is_the_mean_of_two_half_jumps_of_the_model_and_cfg_multi_at_
         u2 = model({m: xi[m] - h * u1[m] for m in xi}, float(s[i]) - h, h)
         for m in x:
             torch.testing.assert_close(target[m][i], ((u1[m] + u2[m]) / 2)[0], rtol=0, atol=1e-12)
-    assert all(bool((target[m][3] == 42.0).all()) for m in x)
+    multi = model(x, s, 0.0)  # the teacher is Multi mode (d = 0)
+    for m in x:
+        torch.testing.assert_close(target[m][3], 42.0 + cfg * (multi[m][3] - 42.0), rtol=0, atol=1e-12)
 
 
 def test_only_the_branches_in_use_are_evaluated() -> None:
     x, s, d = _x(), torch.full((4,), 0.5, dtype=torch.float64), torch.full((4,), 0.25, dtype=torch.float64)
+    calls = []
+
+    def counted(x: AV, s: Tensor | float, d: Tensor | float) -> AV:
+        calls.append(d)
+        return flow(x, s, d)
 
     def forbidden(*args):
         raise AssertionError("called")
 
-    shortcut_target(average_velocity, forbidden, x, s, d, torch.zeros(4, dtype=torch.bool))
-    shortcut_target(forbidden, instantaneous_velocity, x, s, d, torch.ones(4, dtype=torch.bool))
+    shortcut_target(counted, x, s, d, torch.zeros(4, dtype=torch.bool), forbidden, 3.0)  # no base row: no guidance
+    assert len(calls) == 2
+    calls.clear()
+    shortcut_target(counted, x, s, d, torch.ones(4, dtype=torch.bool), forbidden, 1.0)  # unguided Multi: one call
+    assert len(calls) == 1 and bool((calls[0] == 0).all())
+    with pytest.raises(ValueError, match="cfg=3 needs the unconditional velocity"):
+        shortcut_target(counted, x, s, d, torch.ones(4, dtype=torch.bool), None, 3.0)
 
 
 @pytest.mark.parametrize("min_step", [1 / 8, 1 / 32])
