@@ -22,6 +22,7 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -132,12 +133,21 @@ def headline(runs: Path, data: str, seeds: list[int], clips: int, syncnet: str |
     return command, "\n".join(lines)
 
 
+def held_out(module: Any, data: str, clips: int, window_chunks: int) -> Any:
+    """The first ``clips`` held-out windows of ``window_chunks`` chunks of ``data`` (an AVBatch): the conditions of a
+    long stream (first frames, transcripts, ground truth)."""
+    from lightning_mf.callbacks.generation_eval import take_windows
+    from lightning_mf.data.datamodule import AVDataModule
+
+    dm = AVDataModule(root=data, spec=module.spec, window_chunks=window_chunks, batch_size=clips)
+    dm.setup("validate")
+    return take_windows(dm.val_dataloader(), clips)
+
+
 def long_drift(runs: Path, data: str, clips: int, seconds: float, window: int, only: list[str] | None = None) -> tuple[str, str]:
     """Identity drift per time window (the paper's 0-5 / 5-15 / 15-25 s protocol) of streams far longer than the
     training windows, from the first held-out frames (their transcripts cover only the first window). ``only``:
     ``name:mode`` rows to run (default: every stage-3 model at Few 4, and Multi 50 of Mutual Forcing and stage 2)."""
-    from lightning_mf.callbacks.generation_eval import take_windows
-    from lightning_mf.data.datamodule import AVDataModule
     from lightning_mf.lit.base import SamplerConfig
     from lightning_mf.metrics import IdentityDrift
     from lightning_mf.tools.evaluate import load_module
@@ -148,9 +158,7 @@ def long_drift(runs: Path, data: str, clips: int, seconds: float, window: int, o
     lines = ["| model | mode | 0-5 s | 5-15 s | 15-25 s | gen time |", "|---|---|---|---|---|---|"]
     for name, mode in plan:
         module = load_module(str(runs / name / "checkpoints" / "last.ckpt"))
-        dm = AVDataModule(root=data, spec=module.spec, window_chunks=4, batch_size=clips)
-        dm.setup("validate")
-        conditions = take_windows(dm.val_dataloader(), clips)
+        conditions = held_out(module, data, clips, window_chunks=4)
         few = mode.startswith("few")
         sampler = SamplerConfig(mode="few" if few else "multi", steps=4 if few else 50, cfg_scale=None if few else 3.0, window=window)
         chunks = round(seconds / module.spec.chunk_seconds)

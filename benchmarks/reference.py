@@ -38,7 +38,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutual_forcing import _cell  # noqa: E402  (benchmarks/ is not a package)
+from mutual_forcing import _cell, held_out  # noqa: E402  (benchmarks/ is not a package)
 from report import machine, write_section  # noqa: E402
 
 LMF = [sys.executable, "-m", "lightning_mf"]
@@ -143,12 +143,21 @@ def evaluate_run(
         if modes:
             jobs.append((f"final-seed{seed}.json", runs / fit.name / "checkpoints/last.ckpt", modes, clips, seed, 100))
     for name, ckpt, modes, n, seed, bootstraps in jobs:
-        if (folder / name).exists():
-            continue
-        print(f"[reference] {fit.name}: {name}", flush=True)
         swapped = fit.swapped and (name.startswith("curve") or seed < multi_seeds)
+        done = _json(folder / name)["rows"] if (folder / name).exists() else {}
+        # a cached file may lack modes asked for later (e.g. a larger --multi-seeds): score those and add them
+        missing = tuple(m for m in modes if m not in done or (swapped and f"{m}, another clip's transcript" not in done))
+        if not missing:
+            continue
+        print(f"[reference] {fit.name}: {name}" + (f" (adding {', '.join(missing)})" if done else ""), flush=True)
+        out = folder / (f"{name}.part" if done else name)
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluate(ckpt=str(ckpt), data=str(data), modes=modes, num_clips=n, seed=seed, bootstraps=bootstraps, swapped=swapped, out=str(folder / name))
+            evaluate(ckpt=str(ckpt), data=str(data), modes=missing, num_clips=n, seed=seed, bootstraps=bootstraps, swapped=swapped, out=str(out))
+        if done:
+            report = _json(folder / name)
+            report["rows"] = _json(out)["rows"] | done  # the rows already scored stay as they were
+            out.write_text(json.dumps(report))
+            out.replace(folder / name)  # atomic: the cached file is never half written
     if fit.long and "long" in parts and not (folder / "long.json").exists():
         print(f"[reference] {fit.name}: {LONG_SECONDS:g} s streams", flush=True)
         (folder / "long.json").write_text(json.dumps(long_stream(runs / fit.name / "checkpoints/last.ckpt", long_data)))
@@ -159,18 +168,13 @@ def long_stream(ckpt: Path, data: Path) -> dict[str, float]:
     timing and audio-video sync, of the first and the last SEGMENT_SECONDS."""
     import torch
 
-    from lightning_mf.callbacks.generation_eval import take_windows
-    from lightning_mf.data.datamodule import AVDataModule
     from lightning_mf.lit.base import SamplerConfig
     from lightning_mf.metrics.scoring import Scorer
     from lightning_mf.tools.evaluate import load_module
 
     module = load_module(str(ckpt))
     spec = module.spec
-    chunks = round(LONG_SECONDS / spec.chunk_seconds)
-    dm = AVDataModule(root=str(data), spec=spec, window_chunks=chunks, batch_size=LONG_CLIPS)
-    dm.setup("validate")
-    conditions = take_windows(dm.val_dataloader(), LONG_CLIPS)
+    conditions = held_out(module, str(data), LONG_CLIPS, window_chunks=round(LONG_SECONDS / spec.chunk_seconds))
     window = module.hparams.get("window") or 4  # the cache of the training windows (4 chunks on the tiny preset)
     sampler = SamplerConfig(mode="few", steps=4, cfg_scale=1.0, window=window)
     with torch.no_grad():

@@ -4,6 +4,7 @@ segments keep frames, audio and ground truth aligned."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from reference import _segment, overlay, plan, targets  # noqa: E402
+from reference import Fit, _segment, evaluate_run, overlay, plan, targets  # noqa: E402
 
 from lightning_mf.batch import AVBatch  # noqa: E402
 
@@ -96,3 +97,33 @@ def test_a_long_stream_segment_keeps_frames_audio_and_truth_aligned() -> None:
     assert last.audio[0].tolist() == [float(x) for x in range(8 * spf, 12 * spf)]
     assert last.meta[0]["ground_truth"]["mouth_open"] == [8.0, 9.0, 10.0, 11.0]
     assert batch.meta[0]["ground_truth"]["mouth_open"][0] == 0.0  # the batch itself is untouched
+
+
+def test_a_cached_evaluation_gains_the_modes_asked_for_later_and_keeps_its_rows(tmp_path: Path, monkeypatch) -> None:
+    """A later run with more Multi-mode seeds scores only the missing modes of a cached file and adds them: the rows
+    already there are not recomputed or changed, a complete file is not touched, and nothing is left half written."""
+    import lightning_mf.tools.evaluate as tool
+
+    calls = []
+
+    def fake_evaluate(*, ckpt, data, modes, num_clips, seed, bootstraps, swapped, out):
+        calls.append((modes, seed))
+        Path(out).write_text(json.dumps({"seed": seed, "rows": {m: {"fd_clips": 10.0 + seed} for m in (*modes, "real (held-out)")}}))
+
+    monkeypatch.setattr(tool, "evaluate", fake_evaluate)
+    fit = Fit("mutual_forcing-seed0", "mutual_forcing", "stage 3", final_modes=("few4", "multi50"))
+    folder = tmp_path / fit.name / "eval"
+    folder.mkdir(parents=True)
+    cached = {"seed": 1, "rows": {"few4": {"fd_clips": 7.0}, "real (held-out)": {"fd_clips": 1.0}}}
+    (folder / "final-seed1.json").write_text(json.dumps(cached))
+    evaluate_run(fit, tmp_path, tmp_path, tmp_path, clips=4, multi_seeds=1, parts=("final",))
+    assert calls == [(("few4", "multi50"), 0), (("few4",), 2)]  # seed 1 has what one Multi seed asks for
+    calls.clear()
+    evaluate_run(fit, tmp_path, tmp_path, tmp_path, clips=4, multi_seeds=3, parts=("final",))
+    assert calls == [(("multi50",), 1), (("multi50",), 2)]  # only the Multi rows the larger --multi-seeds adds
+    merged = json.loads((folder / "final-seed1.json").read_text())
+    assert merged["rows"] == {"few4": {"fd_clips": 7.0}, "real (held-out)": {"fd_clips": 1.0}, "multi50": {"fd_clips": 11.0}}
+    assert sorted(p.name for p in folder.iterdir()) == ["final-seed0.json", "final-seed1.json", "final-seed2.json"]
+    calls.clear()
+    evaluate_run(fit, tmp_path, tmp_path, tmp_path, clips=4, multi_seeds=3, parts=("final",))
+    assert calls == []
