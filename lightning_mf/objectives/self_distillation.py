@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lightning_mf.flow import AV, Velocity, grid
+from lightning_mf.sampling.samplers import guided
 
 __all__ = ["dmd_loss", "shortcut_pairs", "shortcut_target"]
 
@@ -66,12 +67,9 @@ def shortcut_target(
             u2 = few({m: x[m] - _per_sample(half, x[m]) * first[m] for m in x}, s - half, half)
             out = {m: (first[m] + u2[m]) / 2 for m in x}
         if bool(base.any()):
-            v = first
-            if cfg != 1.0:
-                if uncond is None:
-                    raise ValueError(f"shortcut_target: cfg={cfg:g} needs the unconditional velocity")
-                u0 = uncond(x, s, 0.0)
-                v = {m: u0[m] + cfg * (first[m] - u0[m]) for m in x}
+            if cfg != 1.0 and uncond is None:
+                raise ValueError(f"shortcut_target: cfg={cfg:g} needs the unconditional velocity")
+            v = guided(lambda *_: first, uncond, cfg)(x, s, 0.0)  # scale 1: ``first`` itself, no call
             out = {m: torch.where(_per_sample(base, v[m]).bool(), v[m], out[m]) for m in x}
         return out
 
