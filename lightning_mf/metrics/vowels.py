@@ -11,6 +11,8 @@ frame, with silence as a class, so a voice that never stops (or never starts) sc
 
 from __future__ import annotations
 
+import copy
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -68,8 +70,14 @@ def train_vowel_classifier(
 ) -> VowelClassifier:
     """Train on freshly synthesised clips (seeds ``seed .. seed + num_clips - 1``); a few seconds on a CPU.
 
-    Deterministic for a seed (initial weights included), without touching the caller's random state.
+    Deterministic for its arguments (initial weights included), without touching the caller's random state; so it is
+    trained once per process and each caller gets its own copy (every ``GenerationEval`` and ``evaluate`` needs one).
     """
+    return copy.deepcopy(_trained_vowel_classifier(spec, num_clips, seconds, steps, seed))
+
+
+@lru_cache(maxsize=4)
+def _trained_vowel_classifier(spec: AVSpec, num_clips: int, seconds: float, steps: int, seed: int) -> VowelClassifier:
     generator = torch.Generator().manual_seed(seed)
     clips = [synthesize_clip(seed + i, spec, seconds) for i in range(num_clips)]
     audio = torch.stack([torch.from_numpy(c.audio) for c in clips])  # (N, S)

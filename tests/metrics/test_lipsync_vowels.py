@@ -8,7 +8,7 @@ from helpers import delay_audio
 from lightning_mf.data.synthetic import PRESETS, synthesize_clip
 from lightning_mf.metrics.lipsync import LipSync, clip_scores, offset_distances
 from lightning_mf.metrics.oracle import audio_energy
-from lightning_mf.metrics.vowels import VowelErrorRate, train_vowel_classifier
+from lightning_mf.metrics.vowels import VowelErrorRate, _trained_vowel_classifier, train_vowel_classifier
 
 SPEC = PRESETS["tiny"].spec
 SPF = SPEC.samples_per_frame
@@ -113,11 +113,23 @@ def test_vowel_error_rate_is_high_for_the_wrong_transcript_or_noise(vowel_classi
 
 
 def test_vowel_classifier_training_is_deterministic_and_leaves_the_global_rng_alone() -> None:
+    _trained_vowel_classifier.cache_clear()  # train for real each time
     torch.manual_seed(123)
     state = torch.get_rng_state()
     a = train_vowel_classifier(SPEC, num_clips=4, steps=3)
     assert torch.equal(torch.get_rng_state(), state)
+    _trained_vowel_classifier.cache_clear()
     torch.manual_seed(999)
     b = train_vowel_classifier(SPEC, num_clips=4, steps=3)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_each_caller_gets_its_own_copy_of_the_process_wide_classifier() -> None:
+    a = train_vowel_classifier(SPEC, num_clips=4, steps=3)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(1.0)  # a caller moving or changing its copy (e.g. .to(device)) leaves the next caller's alone
+    b = train_vowel_classifier(SPEC, num_clips=4, steps=3)
+    assert b is not a and _trained_vowel_classifier.cache_info().hits >= 1
+    assert all(not torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
