@@ -142,6 +142,11 @@ class MutualForcing(TeacherForcing):
             raise ValueError(f"model.dmd_sample must be 'rollout' or 'fresh', got {dmd_sample!r}")
         if real_score not in ("shared", "frozen"):
             raise ValueError(f"model.real_score must be 'shared' or 'frozen', got {real_score!r}")
+        if self.tower_config.first_frame_dropout:
+            raise ValueError(
+                "model.tower.first_frame_dropout is for stages 1-2: stage 3 trains on Few-mode rollouts that must see "
+                "the first frame as streaming does; set it to 0"
+            )
         if chunks is not None and not 1 <= chunks[0] <= chunks[1]:
             raise ValueError(f"model.chunks must be [min, max] with 1 <= min <= max, got {list(chunks)}")
         for name, steps in (("rollout_steps", rollout_steps), ("shortcut_steps", shortcut_steps), ("dmd_steps", dmd_steps)):

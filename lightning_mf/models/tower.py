@@ -37,6 +37,12 @@ class TowerConfig:
             second input (the channel concatenation of image-to-video models such as SVD and Wan I2V): keeping the
             character no longer has to be learned as attention to the first-frame sink. Towers without a first frame
             (audio) ignore it.
+        first_frame_dropout: in training forwards (train mode, with gradients), the fraction of rows whose first-frame
+            input is left out (not rescaled: the rows that keep it see what sampling sees). Sampling, validation and
+            no-grad passes always read it. With the input always there, the tiny video tower copies its first frame
+            and never learns the transcript track (near pure noise, r 0.0 with the transcript against 0.4 without the
+            input, 300 stage-1 steps; docs/benchmarks.md "The first frame blocks the transcript"). Stages 1-2 only:
+            stage 3 rolls out Few mode with gradients and must see what streaming sees.
         skip_sigma: if set, the data's standard deviation, and the velocity is preconditioned as in EDM:
             ``v = c_skip(s) x_s + c_out(s) F`` with the linear skip that best predicts ``v = eps - x0`` from ``x_s``
             (``c_skip(1) = 1``: near pure noise the noise passes through the skip and the network only adds the
@@ -52,6 +58,7 @@ class TowerConfig:
     time_max_hz: float = 40.0
     transcript_track: bool | tuple[str, ...] = False
     first_frame_input: bool = False
+    first_frame_dropout: float = 0.0
     skip_sigma: float | None = None
 
     def __post_init__(self) -> None:
@@ -64,6 +71,10 @@ class TowerConfig:
             raise ValueError(f"TowerConfig: dim={self.dim} / heads={self.heads} must be an integer head size divisible by 8")
         if self.skip_sigma is not None and not self.skip_sigma > 0:
             raise ValueError(f"TowerConfig: skip_sigma must be > 0 (the data's standard deviation) or null, got {self.skip_sigma}")
+        if not 0.0 <= self.first_frame_dropout < 1.0:
+            raise ValueError(f"TowerConfig: first_frame_dropout must be in [0, 1), got {self.first_frame_dropout}")
+        if self.first_frame_dropout and not self.first_frame_input:
+            raise ValueError("TowerConfig: first_frame_dropout drops the first-frame input; set first_frame_input: true too")
         if self.depth < 1:
             raise ValueError(f"TowerConfig: depth must be at least 1, got {self.depth}")
 
@@ -153,6 +164,15 @@ class Tower(nn.Module):
         if self.track is None:
             return None
         return sum(table(cond.spoken_at(times + offset, self.vocab_size + 1)) for table, offset in zip(self.track, self.track_offsets))
+
+    def first_frame(self, first: Tensor) -> Tensor:
+        """The first-frame input (B, N, D) from the first frame's token at each token's patch (B, N, C); in a training
+        forward with gradients, zero for a ``config.first_frame_dropout`` fraction of the rows."""
+        h = self.first_frame_embed(first)
+        p = self.config.first_frame_dropout
+        if p > 0 and self.training and torch.is_grad_enabled():
+            h = h * (torch.rand(h.shape[0], 1, 1, device=h.device) >= p)
+        return h
 
     def condition(self, s: Tensor, d: Tensor) -> Tensor:
         """Per-token conditioning vector (B, N, D) from noise levels s (B, N) and step sizes d (B, N)."""

@@ -109,7 +109,7 @@ class AVTransformer(nn.Module):
             tower, t = self.towers[m], tokens[m]
             h[m] = tower.embed(t.x)  # (B, N, D)
             if tower.first_frame_embed is not None:
-                h[m] = h[m] + tower.first_frame_embed(self._first_frame_at(m, t, cache, write))
+                h[m] = h[m] + tower.first_frame(self._first_frame_at(m, t, cache, write))
             track = tower.transcript_track(cond, t.pos[:, 0])
             if track is not None:
                 h[m] = h[m] + track
