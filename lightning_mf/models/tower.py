@@ -6,7 +6,7 @@ uni-modal model, stage 1) or two (the joint model, stage 2), so the uni-modal an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,11 @@ class TowerConfig:
             raise ValueError("TowerConfig: first_frame_dropout drops the first-frame input; set first_frame_input: true too")
         if self.depth < 1:
             raise ValueError(f"TowerConfig: depth must be at least 1, got {self.depth}")
+
+    def network(self) -> TowerConfig:
+        """This config without its training-only options: what a checkpoint's weights must match (a stage may start
+        from one trained with another ``first_frame_dropout``)."""
+        return replace(self, first_frame_dropout=0.0)
 
 
 class Block(nn.Module):
