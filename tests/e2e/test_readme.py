@@ -38,7 +38,6 @@ SMALLER = {  # appended to each README command of that verb: a few steps and bat
     "evaluate": ["--num-clips", "2", "--window-chunks", "4"],  # quarter clips: whole ones are tests/e2e/test_evaluate.py's
 }
 MULTI_STAGES = {"video_pretrain", "audio_pretrain", "joint"}  # their predict samples Multi 50 + CFG: 8 steps here
-FEWER_STEPS = ["--model.init_args.sampler.steps", "8"]
 QUIET = ["--trainer.enable_progress_bar", "false"]
 NOT_RUN = {  # run elsewhere in the suite; here their arguments are only parsed (--print_config)
     "consolidate": "needs the sharded checkpoint of a multi-process run (tests/e2e/test_sharded.py makes one)",
@@ -67,6 +66,14 @@ def test_readme_yaml_snippets_are_config_overlays_the_cli_accepts(snippet: str, 
 
 def _stage(args: list[str]) -> str:
     return Path(args[args.index("--config") + 1]).stem
+
+
+def _smaller(args: list[str]) -> list[str]:
+    """What a README command of this verb gets appended: smaller budgets, no progress bar, fewer sampling steps."""
+    extra = SMALLER.get(args[0], []) + (QUIET if args[0] in TRAINER_VERBS else [])
+    if args[0] == "predict" and _stage(args) in MULTI_STAGES:
+        extra += ["--model.init_args.sampler.steps", "8"]
+    return extra
 
 
 def _order(args: list[str]) -> int:
@@ -122,10 +129,7 @@ def readme_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
                 if args[0] in NOT_RUN:
                     results[shlex.join(args)] = _run([*args, "--print_config"])
                     continue
-                extra = [] if "--print_config" in args else SMALLER.get(args[0], []) + (QUIET if args[0] in TRAINER_VERBS else [])
-                if args[0] == "predict" and _stage(args) in MULTI_STAGES:
-                    extra += FEWER_STEPS
-                results[shlex.join(args)] = _run(args + extra)
+                results[shlex.join(args)] = _run(args + ([] if "--print_config" in args else _smaller(args)))
         finally:
             torch.set_num_threads(threads)
     yield root, results
@@ -187,8 +191,7 @@ def _verb(root: Path, verb: str, stage: str) -> Any:
     args = [verb, "--config", f"configs/tiny/{stage}.yaml", "--ckpt_path", f"runs/tiny/{stage}/checkpoints/last.ckpt"]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        fewer = FEWER_STEPS if verb == "predict" and stage in MULTI_STAGES else []
-        return _run(args + SMALLER[verb] + QUIET + fewer)[0].trainer
+        return _run(args + _smaller(args))[0].trainer
 
 
 @pytest.mark.slow
