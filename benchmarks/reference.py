@@ -93,11 +93,11 @@ def overlay(fit: Fit, runs: Path) -> dict:
         minutes = int(fit.minutes * 60)
         trainer |= {"max_steps": 10**7, "max_time": f"00:00:{minutes // 60:02d}:{minutes % 60:02d}", "limit_val_batches": 0}
         timed = {"class_path": "lightning_mf.callbacks.TimedCheckpoint", "init_args": {"dirpath": checkpoints["dirpath"], "every_seconds": 60.0}}
-        trainer["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoints}, timed]
+        trainer["callbacks"] = [{"class_path": "lightning_mf.callbacks.ModelCheckpoint", "init_args": checkpoints}, timed]
     else:
         trainer |= {"max_steps": fit.steps}
         checkpoints["every_n_train_steps"] = max(fit.steps // 4, 1)
-        trainer["callbacks"] = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoints}]
+        trainer["callbacks"] = [{"class_path": "lightning_mf.callbacks.ModelCheckpoint", "init_args": checkpoints}]
     args: dict = {}
     if fit.config == "joint":
         args = {"video_ckpt": str(runs / "video_pretrain/checkpoints/last.ckpt"), "audio_ckpt": str(runs / "audio_pretrain/checkpoints/last.ckpt")}

@@ -49,7 +49,7 @@ def test_the_stage_3_overlay_parses_in_the_cli(tmp_path: Path) -> None:
     config = yaml.safe_load(done.stdout)
     assert config["seed_everything"] == 1 and config["trainer"]["max_time"] == "00:00:02:00"
     callbacks = [c["class_path"] for c in config["trainer"]["callbacks"]]  # GenerationEval is gone: not in the budget
-    assert callbacks == ["lightning.pytorch.callbacks.ModelCheckpoint", "lightning_mf.callbacks.TimedCheckpoint"]
+    assert callbacks == ["lightning_mf.callbacks.ModelCheckpoint", "lightning_mf.callbacks.TimedCheckpoint"]
     assert config["trainer"]["callbacks"][1]["init_args"]["every_seconds"] == 60.0
     assert config["model"]["init_args"]["init_ckpt"] == str(tmp_path / "joint/checkpoints/last.ckpt")
 
