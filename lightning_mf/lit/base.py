@@ -67,6 +67,8 @@ class SamplerConfig:
         shift: timestep shift of the grid.
         cfg_scale: classifier-free guidance scale (1 = none; a CFG step costs 2 evaluations). ``None``: 3 in Multi
             mode, 1 in Few mode.
+        cfg_above: guide only the steps whose noise level is above this (a guidance interval; 0 = every step). The
+            last, low-noise steps' guidance makes most of guided sampling's drift (docs/benchmarks.md).
         heun: Heun (2nd order) instead of Euler for Multi steps (Few jumps are never corrected).
         window: chunks kept in the KV cache besides the first-frame sink (None = all).
         ctx_s: noise level at which generated chunks are written to the cache.
@@ -78,6 +80,7 @@ class SamplerConfig:
     steps: int = 50
     shift: float = 3.0
     cfg_scale: float | None = None
+    cfg_above: float = 0.0
     heun: bool = False
     window: int | None = None
     ctx_s: float = 0.0
@@ -87,6 +90,8 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("multi", "few"):
             raise ValueError(f"SamplerConfig.mode must be 'multi' or 'few', got {self.mode!r}")
+        if not 0.0 <= self.cfg_above < 1.0:
+            raise ValueError(f"SamplerConfig.cfg_above is a noise level in [0, 1) (1 never guides), got {self.cfg_above}")
 
     @property
     def guidance(self) -> float:
@@ -101,7 +106,7 @@ class SamplerConfig:
     def nfe(self) -> int:
         """Network evaluations per chunk, CFG counted twice (METHOD §5); the cache writes add one more (two with CFG,
         whose unconditional branch keeps its own cache)."""
-        return nfe(self.grid(), heun=self.heun, cfg=self.guidance != 1.0)
+        return nfe(self.grid(), heun=self.heun, cfg=self.guidance != 1.0, cfg_above=self.cfg_above)
 
 
 def paper_adamw(params: Any) -> torch.optim.Optimizer:
@@ -377,8 +382,8 @@ class FlowModule(L.LightningModule):
             generator = torch.Generator(device=self.device).manual_seed(sampler.seed)
         return stream(
             net, self.seq, partial(integrate, grid=sampler.grid(), heun=sampler.heun), num_chunks=num_chunks, batch=batch,
-            prefix=prefix, cond=cond, cfg_scale=sampler.guidance, window=sampler.window, ctx_s=sampler.ctx_s,
-            generator=generator, device=self.device,
+            prefix=prefix, cond=cond, cfg_scale=sampler.guidance, cfg_above=sampler.cfg_above, window=sampler.window,
+            ctx_s=sampler.ctx_s, generator=generator, device=self.device,
         )
 
     def generate(

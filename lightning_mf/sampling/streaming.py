@@ -40,6 +40,7 @@ def stream(
     prefix: dict[str, Tokens] | None = None,
     cond: Cond | Callable[[int], Cond] | None = None,
     cfg_scale: float = 1.0,
+    cfg_above: float = 0.0,
     window: int | None = None,
     ctx_s: float = 0.0,
     generator: torch.Generator | None = None,
@@ -58,6 +59,7 @@ def stream(
         cond: transcript conditioning, or a function of the chunk index k >= 1 giving each chunk's (e.g. the words
             near it, for streams longer than the training windows); ``cfg_scale != 1`` guides against its
             unconditional version. The prefix is written with chunk 1's conditioning.
+        cfg_above: guide only at noise levels above this (``samplers.guided``).
         window: chunks kept in the cache besides the sink (None keeps everything).
         ctx_s: noise level at which generated chunks are written to the cache (0 = clean).
         generator: source of all noise (initial and context), so a seeded generator makes the stream deterministic.
@@ -92,7 +94,7 @@ def stream(
 
         velocity = velocity_of("cond")
         if guide:
-            velocity = guided(velocity, velocity_of("uncond"), cfg_scale)
+            velocity = guided(velocity, velocity_of("uncond"), cfg_scale, cfg_above)
         noise = {
             m: torch.randn(batch, seq.tokens_per_chunk(m), seq.token_dim(m), generator=generator, device=device)
             for m in seq.modalities

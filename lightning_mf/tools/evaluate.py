@@ -40,15 +40,17 @@ def load_module(ckpt: str) -> FlowModule:
     return model.eval()
 
 
-def parse_mode(mode: str, cfg_scale: float, shift: float) -> SamplerConfig:
-    """``multi50`` -> Multi mode, 50 Euler steps with CFG ``cfg_scale``; ``multi50heun`` -> Heun; ``few4`` -> Few mode,
-    4 jumps without CFG (Mutual Forcing distils it in)."""
+def parse_mode(mode: str, cfg_scale: float, shift: float, cfg_above: float = 0.0) -> SamplerConfig:
+    """``multi50`` -> Multi mode, 50 Euler steps with CFG ``cfg_scale`` (above noise level ``cfg_above``);
+    ``multi50heun`` -> Heun; ``few4`` -> Few mode, 4 jumps without CFG (Mutual Forcing distils it in)."""
     match = re.fullmatch(r"(multi|few)(\d+)(heun)?", mode)
     if match is None or (match.group(1) == "few" and match.group(3)):
         raise ValueError(f"--modes: unknown mode {mode!r}; use multi<steps>[heun] or few<jumps>, e.g. multi50, multi25heun, few4")
     kind = match.group(1)
+    multi = kind == "multi"
     return SamplerConfig(
-        mode=kind, steps=int(match.group(2)), heun=bool(match.group(3)), cfg_scale=cfg_scale if kind == "multi" else 1.0, shift=shift
+        mode=kind, steps=int(match.group(2)), heun=bool(match.group(3)), cfg_scale=cfg_scale if multi else 1.0, shift=shift,
+        cfg_above=cfg_above if multi else 0.0,
     )
 
 
@@ -60,6 +62,7 @@ def evaluate(
     num_clips: int = 32,
     window_chunks: int | None = None,
     cfg_scale: float = 3.0,
+    cfg_above: float = 0.0,
     shift: float = 3.0,
     syncnet: str | None = None,
     pretrained: dict[str, str] | None = None,
@@ -84,6 +87,7 @@ def evaluate(
         window_chunks: chunks per generated window; default: whole clips (16 chunks on the tiny preset), so timing
             is scored over speech and pauses alike and not over the clip's first pause.
         cfg_scale: classifier-free guidance scale of the Multi modes.
+        cfg_above: guide the Multi modes only at noise levels above this (0: every step).
         shift: timestep shift of the sampling grids.
         syncnet: SyncNet weights (state_dict or SyncNetTraining checkpoint) for LSE-D, LSE-C and AV offset.
         pretrained: ``{network: weights file}`` for Fréchet distances in pretrained feature spaces: inception, r3d_18,
@@ -125,7 +129,7 @@ def evaluate(
         rows["real, another clip's transcript"] = scorer.score_swapped({m: getattr(conditions, m) for m in module.seq.modalities}, other, conditions)
     with torch.no_grad():
         for mode in modes:
-            sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift), seed=seed, use_ema=weights == "ema")
+            sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift, cfg_above), seed=seed, use_ema=weights == "ema")
             start = time.perf_counter()
             media = module.generate(conditions, sampler=sampler, progress=f"{mode}: {num_clips} clips")
             seconds = time.perf_counter() - start

@@ -42,6 +42,7 @@ def generate(
     mode: str = "few4",
     window: int | None = 4,
     cfg_scale: float = 3.0,
+    cfg_above: float = 0.0,
     shift: float = 3.0,
     seed: int = 0,
     out: str = "generated.mp4",
@@ -65,6 +66,7 @@ def generate(
         mode: few<jumps> (Few mode, no CFG), multi<steps> (Multi mode, Euler, CFG) or multi<steps>heun.
         window: chunks kept in the KV cache besides the first-frame sink (None: all, cost grows with length).
         cfg_scale: classifier-free guidance scale of the Multi modes.
+        cfg_above: guide the Multi modes only at noise levels above this (0: every step).
         shift: timestep shift of the sampling grid (use the model's few_shift for Few mode).
         seed: seed of the generation noise.
         out: path of the mp4; the wav is written beside it (same name, ``.wav``).
@@ -82,7 +84,7 @@ def generate(
             raise FileNotFoundError(f"{option} {path} does not exist")
     entries = load_transcript(transcript) if transcript is not None else []
     try:
-        sampler = parse_mode(mode, cfg_scale, shift)
+        sampler = parse_mode(mode, cfg_scale, shift, cfg_above)
     except ValueError as exc:
         raise ValueError(f"--mode {mode!r}: {exc}") from exc
 

@@ -90,3 +90,8 @@ def test_modes_parse_to_samplers_with_their_nfe() -> None:
     assert (heun.heun, heun.nfe()) == (True, 2 * (25 + 24))  # no correction on the last step
     assert (few.mode, few.steps, few.guidance, few.nfe()) == ("few", 4, 1.0, 4)  # CFG is distilled into Few mode
     assert all(d > 0 for _, _, d in few.grid()) and all(d == 0 for _, _, d in multi.grid())
+    interval, few_interval = parse_mode("multi50", 5.0, 3.0, cfg_above=0.75), parse_mode("few4", 5.0, 3.0, cfg_above=0.75)
+    assert (interval.cfg_above, interval.nfe()) == (0.75, 75)  # 25 of the 50 steps start above s = 0.75
+    assert few_interval.cfg_above == 0.0  # Few mode is never guided
+    with pytest.raises(ValueError, match=r"cfg_above is a noise level in \[0, 1\).*got 1.0"):
+        parse_mode("multi50", 3.0, 3.0, cfg_above=1.0)

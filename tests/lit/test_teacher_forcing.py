@@ -196,3 +196,18 @@ def test_two_micro_batches_of_one_make_the_step_of_one_batch_of_two(tiny_shards:
     assert max(v.abs().max() for v in whole.values()) > 1e-2  # a real step, far above the tolerance
     for name, step in whole.items():
         torch.testing.assert_close(accumulated[name], step, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_sampler_guides_generation_only_above_its_cfg_level(tiny_shards: Path) -> None:
+    """``SamplerConfig.cfg_above`` reaches the stream: Multi 3 steps at shift 3 start at s = 1, 0.86, 0.6, so a level
+    of 0.9 guides the first step only (4 evaluations a chunk, not 6), plus a cache write per branch and chunk."""
+    from lightning_mf.lit.base import SamplerConfig
+
+    model = JointTraining(tower=TINY_TOWER, ema_decay=None).eval()
+    batch = _batch(tiny_shards, batch_size=1, window_chunks=2)
+    calls = []
+    model.net.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs.get("write", False)), with_kwargs=True)
+    sampler = SamplerConfig(mode="multi", steps=3, cfg_scale=3.0, cfg_above=0.9)
+    assert sampler.nfe() == 4
+    model.generate(batch, num_chunks=2, sampler=sampler)
+    assert calls.count(False) == 2 * 4 and calls.count(True) == 2 * (1 + 2)  # prefix + 2 chunks, in both caches

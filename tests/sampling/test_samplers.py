@@ -155,6 +155,27 @@ def test_guidance_is_the_linear_combination_and_scale_one_skips_the_unconditiona
         torch.testing.assert_close(three[m], 3 * u1[m] - 2 * u0[m], rtol=0, atol=1e-14)
 
 
+def test_guidance_above_a_level_guides_only_there_and_calls_uncond_only_there() -> None:
+    calls: list[float] = []
+
+    def uncond(x: AV, s: float, d: float) -> AV:
+        calls.append(s)
+        return {m: -v for m, v in x.items()}
+
+    cond: Velocity = lambda x, s, d: {m: 2 * v + s for m, v in x.items()}  # noqa: E731
+    x = noise({"video": (2, 3, 4)})
+    velocity = guided(cond, uncond, 3.0, above=0.6)
+    for s in (0.9, 0.61):  # guided: 3 u1 - 2 u0
+        torch.testing.assert_close(velocity(x, s, 0.0)["video"], 3 * (2 * x["video"] + s) + 2 * x["video"], rtol=0, atol=1e-14)
+    for s in (0.6, 0.2):  # at and below the level: the conditional velocity, no unconditional call
+        assert torch.equal(velocity(x, s, 0.0)["video"], cond(x, s, 0.0)["video"])
+    assert calls == [0.9, 0.61]
+    rows = torch.tensor([0.9, 0.2])[:, None, None]  # training guides per-row levels (DMD's real score): every row
+    torch.testing.assert_close(guided(cond, uncond, 3.0)(x, rows, 0.0)["video"], 3 * (2 * x["video"] + rows) + 2 * x["video"])
+    with pytest.raises(ValueError, match=r"guidance interval \(above=0.6\) needs one noise level per call, got Tensor"):
+        velocity(x, rows, 0.0)
+
+
 def test_guidance_on_gaussians_moves_samples_to_the_extrapolated_mean() -> None:
     # Both velocities are affine in mu for a shared sigma, so u0 + w (u1 - u0) is exactly the velocity of
     # N(mu0 + w (mu1 - mu0), sigma^2): Few mode lands on that data map, and Multi mode's error (A - sigma) z does not
@@ -186,24 +207,27 @@ class Counter:
 
 
 @pytest.mark.parametrize(
-    ("steps", "few", "heun", "cfg", "expected"),
+    ("steps", "few", "heun", "cfg", "above", "expected"),
     [
-        (50, False, False, False, 50),
-        (50, False, True, False, 99),  # the last step to s = 0 stays Euler
-        (50, False, True, True, 198),
-        (4, True, True, False, 4),  # jumps are never corrected
-        (4, True, False, True, 8),
-        (1, False, True, False, 1),
+        (50, False, False, False, 0.0, 50),
+        (50, False, True, False, 0.0, 99),  # the last step to s = 0 stays Euler
+        (50, False, True, True, 0.0, 198),
+        (4, True, True, False, 0.0, 4),  # jumps are never corrected
+        (4, True, False, True, 0.0, 8),
+        (1, False, True, False, 0.0, 1),
+        # shift 3: 25 of 50 Euler steps start above 0.75 (s_i = 3t / (1 + 2t), t_i = 1 - i/50: s > 0.75 for t > 0.5)
+        (50, False, False, True, 0.75, 75),
+        (50, False, True, True, 0.75, 99 + 49),  # Heun: the corrections landing above 0.75 too (24 of 49)
     ],
 )
 def test_nfe_counts_the_evaluations_integrate_makes(
-    steps: int, few: bool, heun: bool, cfg: bool, expected: int
+    steps: int, few: bool, heun: bool, cfg: bool, above: float, expected: int
 ) -> None:
     cond, uncond = Counter(), Counter()
-    velocity = guided(cond, uncond, 3.0) if cfg else cond
+    velocity = guided(cond, uncond, 3.0, above) if cfg else cond
     g = grid(steps, 3.0, few=few)
     integrate(velocity, {"x": torch.zeros(2)}, g, heun=heun)
-    assert nfe(g, heun=heun, cfg=cfg) == expected == cond.calls + uncond.calls
+    assert nfe(g, heun=heun, cfg=cfg, cfg_above=above) == expected == cond.calls + uncond.calls
 
 
 def test_integrate_handles_several_modalities_without_touching_the_input() -> None:

@@ -70,7 +70,10 @@ def test_streaming_is_deterministic_and_runs_past_the_training_length_with_a_win
 
 @pytest.mark.parametrize(
     "sampler",
-    [SamplerConfig(mode="few", steps=4), SamplerConfig(mode="multi", steps=5, cfg_scale=3.0), SamplerConfig(mode="multi", steps=3, heun=True)],
+    [
+        SamplerConfig(mode="few", steps=4), SamplerConfig(mode="multi", steps=5, cfg_scale=3.0), SamplerConfig(mode="multi", steps=3, heun=True),
+        SamplerConfig(mode="multi", steps=5, cfg_scale=3.0, cfg_above=0.5),  # guides 4 of 5 steps (s = 1 .. 0.43)
+    ],
 )
 def test_network_evaluations_per_chunk_are_what_nfe_reports_plus_the_cache_writes(sampler: SamplerConfig) -> None:
     net, seq = _model(("video", "audio"))
@@ -83,7 +86,8 @@ def test_network_evaluations_per_chunk_are_what_nfe_reports_plus_the_cache_write
     prefix = seq.prefix(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     cond = Cond.from_transcripts([[{"token": "a", "start": 0.0, "end": 0.3}]], 16)
     sample = partial(integrate, grid=sampler.grid(), heun=sampler.heun)
-    for _ in stream(counted, seq, sample, num_chunks=3, batch=1, prefix=prefix, cond=cond, cfg_scale=sampler.guidance):
+    guidance = {"cfg_scale": sampler.guidance, "cfg_above": sampler.cfg_above}
+    for _ in stream(counted, seq, sample, num_chunks=3, batch=1, prefix=prefix, cond=cond, **guidance):
         pass
     caches = 2 if sampler.guidance != 1.0 else 1  # the unconditional branch of CFG keeps its own cache
     assert calls.count(True) == caches * (1 + 3)  # the prefix, then every chunk, into each cache
