@@ -15,7 +15,8 @@ One training step on real windows X[1..L] (L drawn per batch):
    are the rollout's own chunks (it streams chunk L too and keeps each chunk's state before its last jump), as in
    Self-Forcing: only the last jump is run again, with gradient, instead of sampling every chunk afresh.
 
-``loss = fm_weight * L_fm + sd_weight * (sc_weight * L_sc + dmd_weight * L_dmd)``, gradient clipping, EMA.
+``loss = fm_weight * L_fm + sd_weight * (sc_weight * L_sc + dmd_weight * L_dmd) + anchor_weight * L_anchor``, gradient
+clipping, EMA. ``L_anchor`` (off by default) holds Multi mode to the frozen ``init_ckpt`` copy on the same history.
 Baselines (``configs/tiny/baseline_*.yaml``): ShortCut with teacher forcing (history real, no DMD), DMD with
 teacher forcing (history real, DMD only, frozen stage-2 real score), DMD with self-forcing (Self-Forcing: history
 rolled out, DMD only, frozen stage-2 real score, no real-data loss).
@@ -82,7 +83,15 @@ class MutualForcing(TeacherForcing):
             conditional velocity toward its guided version, which the next step guides again); on the tiny
             preset Multi mode collapsed within 80 steps at 3 (the paper's 5 is at scale). Warned about.
         fm_weight, sd_weight, sc_weight, dmd_weight: ``fm * L_fm + sd * (sc * L_sc + dmd * L_dmd)``.
-        real_score: DMD's real score: the ``shared`` model's Multi mode, or a ``frozen`` copy of ``init_ckpt``.
+        anchor_weight: weight of ``L_anchor``, the squared difference between Multi mode's velocity (d = 0) and the
+            frozen ``init_ckpt`` copy's on real chunks noised to uniform levels, on the step's history. Self-distillation
+            moves the weights both modes share; this holds Multi mode where stage 2 left it (docs/benchmarks.md, "What
+            stage 3's drift is"). 0 = off.
+        teacher: whose Multi mode teaches Few mode (ShortCut's base rows and DMD's real score): the ``shared``
+            model itself, its ``ema`` (a slower copy of itself: still no external teacher), or a ``frozen`` copy of
+            ``init_ckpt``. ShortCut's half jumps are always the shared model's own. None = ``shared``.
+        real_score: former name of ``teacher`` (``shared`` | ``frozen``), read from older configs and checkpoints;
+            refused when it disagrees with ``teacher`` (an old config merged with a new option must not pick silently).
         fake_score: the online fake score: a full ``copy`` of the shared model, or ``lora``: the current shared
             weights plus trainable low-rank updates (rank ``fake_rank``) of every block's linear layers.
         fake_rank: rank of the ``lora`` fake score.
@@ -116,9 +125,11 @@ class MutualForcing(TeacherForcing):
         distill_cfg: float = 1.0,
         fm_weight: float = 1.0,
         sd_weight: float = 1.0,
+        anchor_weight: float = 0.0,
         sc_weight: float = 2 / 3,
         dmd_weight: float = 1 / 3,
-        real_score: Literal["shared", "frozen"] = "shared",
+        teacher: Literal["shared", "ema", "frozen"] | None = None,
+        real_score: Literal["shared", "frozen"] | None = None,
         fake_score: Literal["copy", "lora"] = "copy",
         fake_rank: int = 8,
         fake_optimizer: OptimizerCallable = paper_adamw,
@@ -140,8 +151,20 @@ class MutualForcing(TeacherForcing):
             raise ValueError(f"model.fake_score must be 'copy' or 'lora', got {fake_score!r}")
         if dmd_sample not in ("rollout", "fresh"):
             raise ValueError(f"model.dmd_sample must be 'rollout' or 'fresh', got {dmd_sample!r}")
-        if real_score not in ("shared", "frozen"):
-            raise ValueError(f"model.real_score must be 'shared' or 'frozen', got {real_score!r}")
+        if real_score is not None:  # older configs and checkpoints: the same networks under the old name
+            if real_score not in ("shared", "frozen"):
+                raise ValueError(f"model.real_score must be 'shared' or 'frozen', got {real_score!r}")
+            if teacher is not None and teacher != real_score:
+                raise ValueError(
+                    f"model.teacher={teacher!r} and model.real_score={real_score!r} (its former name) disagree; "
+                    "give teacher only"
+                )
+            teacher = real_score
+        teacher = teacher or "shared"
+        if teacher not in ("shared", "ema", "frozen"):
+            raise ValueError(f"model.teacher must be 'shared', 'ema' or 'frozen', got {teacher!r}")
+        if teacher == "ema" and ema_decay is None:
+            raise ValueError("model.teacher: ema needs model.ema_decay (the EMA is the teacher)")
         if self.tower_config.first_frame_dropout:
             raise ValueError(
                 "model.tower.first_frame_dropout is for stages 1-2: stage 3 trains on Few-mode rollouts that must see "
@@ -152,30 +175,32 @@ class MutualForcing(TeacherForcing):
         for name, steps in (("rollout_steps", rollout_steps), ("shortcut_steps", shortcut_steps), ("dmd_steps", dmd_steps)):
             if not steps or any(n < 1 for n in steps):
                 raise ValueError(f"model.{name} must list jump counts >= 1, got {list(steps)}")
-        if min(fm_weight, sd_weight, sc_weight, dmd_weight) < 0 or fake_updates < 1 or accumulate < 1:
+        if min(fm_weight, sd_weight, sc_weight, dmd_weight, anchor_weight) < 0 or fake_updates < 1 or accumulate < 1:
             raise ValueError("model loss weights must be >= 0, fake_updates and accumulate >= 1")
         if not 0.0 < dmd_levels[0] <= dmd_levels[1] < 1.0:
             raise ValueError(f"model.dmd_levels must satisfy 0 < low <= high < 1, got {list(dmd_levels)}")
         self.init_ckpt, self.history_source, self.sdedit_level, self.chunks = init_ckpt, history, sdedit_level, chunks
         self.rollout_steps, self.dmd_steps, self.dmd_sample, self.few_shift = tuple(rollout_steps), tuple(dmd_steps), dmd_sample, few_shift
-        self.distill_cfg, self.real_score, self.fake_optimizer, self.fake_updates = distill_cfg, real_score, fake_optimizer, fake_updates
+        self.distill_cfg, self.teacher_source, self.fake_optimizer, self.fake_updates = distill_cfg, teacher, fake_optimizer, fake_updates
         self.accumulate, self._accumulating = accumulate, False
         self._fake_batches: list[FakeBatch] = []  # this step's fake-score data
-        self.weights = {"fm": fm_weight, "sc": sd_weight * sc_weight, "dmd": sd_weight * dmd_weight}
+        self.weights = {"fm": fm_weight, "sc": sd_weight * sc_weight, "dmd": sd_weight * dmd_weight, "anchor": anchor_weight}
         self.dmd_levels, self.window, self.ctx_s, self.control_seed = dmd_levels, window, ctx_s, control_seed
         self.register_buffer("pairs", shortcut_pairs(tuple(shortcut_steps), few_shift, min_step).float(), persistent=False)
         uses_dmd = self.weights["dmd"] > 0
-        if distill_cfg != 1.0 and (self.weights["sc"] > 0 or (uses_dmd and real_score == "shared")):
+        if distill_cfg != 1.0 and teacher != "frozen" and (self.weights["sc"] > 0 or uses_dmd):
             rank_zero_warn(
                 f"model.distill_cfg={distill_cfg:g} with the shared model as teacher: every step pulls Multi mode's "
                 "conditional velocity toward its own guided version, which the next step guides again. On the tiny "
                 "preset this collapsed Multi mode within 80 steps at 3 (docs/benchmarks.md, 'The guided teacher'); "
-                "watch Multi mode's evaluation, or use 1 (or real_score: frozen without ShortCut)."
+                "watch Multi mode's evaluation, or use 1 (or teacher: frozen)."
             )
         self.fake: nn.Module | None = None
         if uses_dmd:
             self.fake = copy.deepcopy(self.net) if fake_score == "copy" else LowRankDelta(self.net, rank=fake_rank)
-        self.teacher = copy.deepcopy(self.net).requires_grad_(False) if uses_dmd and real_score == "frozen" else None
+        distils = uses_dmd or self.weights["sc"] > 0
+        frozen = (distils and teacher == "frozen") or anchor_weight > 0  # the frozen copy: teacher and/or anchor
+        self.teacher = copy.deepcopy(self.net).requires_grad_(False) if frozen else None
         self.save_hyperparameters(ignore=RUNTIME_OPTIONS)
 
     def setup(self, stage: str) -> None:
@@ -228,6 +253,8 @@ class MutualForcing(TeacherForcing):
         few = TeacherForced(self.net, self.seq, history, prefix, cond, levels, self.window)
         if self.weights["sc"] > 0:
             losses["sc"] = self._weighted(self.shortcut(few, x0, ctl))
+        if self.weights["anchor"] > 0:
+            losses["anchor"] = self._weighted(self.anchor(few, x0))
         sample = None
         if self.weights["dmd"] > 0:
             dmd, sample = self.dmd(few, x0, ctl, made)
@@ -336,6 +363,11 @@ class MutualForcing(TeacherForcing):
 
     # ------------------------------------------------------------------------------------------- self-distillation
 
+    def _teacher(self, few: TeacherForced) -> TeacherForced | None:
+        """The teaching Multi mode on the same history: None when it is the shared model itself."""
+        net = {"shared": None, "ema": self.ema, "frozen": self.teacher}[self.teacher_source]
+        return few.using(net=net) if net is not None else None
+
     def _multi_cfg(self, velocity: TeacherForced) -> Any:
         """Multi-mode velocity with the distillation CFG (DMD's real score; ShortCut guides its base rows itself)."""
         return guided(velocity, velocity.using(cond=velocity.cond.unconditional()), self.distill_cfg)
@@ -346,9 +378,21 @@ class MutualForcing(TeacherForcing):
         rows = self.pairs[torch.multinomial(self.pairs[:, 3].cpu(), batch, replacement=True, generator=ctl).to(self.pairs.device)]
         s, d, base = rows[:, 0], rows[:, 1], rows[:, 2].bool()  # (B,)
         xs = {m: interpolate(x, torch.randn_like(x), s.view(-1, 1, 1)) for m, x in x0.items()}
-        target = shortcut_target(few, xs, s, d, base, few.using(cond=few.cond.unconditional()), self.distill_cfg)
+        multi = self._teacher(few)
+        teacher = multi or few
+        target = shortcut_target(few, xs, s, d, base, teacher.using(cond=teacher.cond.unconditional()), self.distill_cfg, multi)
         prediction = few(xs, s, d)
         return {m: (prediction[m] - target[m]).pow(2).mean() for m in x0}
+
+    def anchor(self, few: TeacherForced, x0: AV) -> dict[str, Tensor]:
+        """Multi mode's velocity against the frozen copy's, on real chunks noised to per-sample uniform levels (B,)."""
+        batch = next(iter(x0.values())).shape[0]
+        s = torch.rand(batch, device=self.device)
+        xs = {m: interpolate(x, torch.randn_like(x), s.view(-1, 1, 1)) for m, x in x0.items()}
+        with torch.no_grad():
+            held = few.using(net=self.teacher)(xs, s, 0.0)
+        v = few(xs, s, 0.0)
+        return {m: (v[m] - held[m]).pow(2).mean() for m in x0}
 
     def dmd(self, few: TeacherForced, x0: AV, ctl: torch.Generator, made: FewSamples | None = None) -> tuple[dict[str, Tensor], AV]:
         """DMD on a Few-mode sample of every chunk (gradient through its last jump); returns the losses and the
@@ -368,7 +412,7 @@ class MutualForcing(TeacherForcing):
         t = low + (high - low) * torch.rand(batch, device=self.device)  # (B,)
         with torch.no_grad():
             xt = {m: interpolate(v.detach(), torch.randn_like(v), t.view(-1, 1, 1)) for m, v in sample.items()}
-            real = self._multi_cfg(few.using(net=self.teacher) if self.teacher is not None else few)(xt, t, 0.0)
+            real = self._multi_cfg(self._teacher(few) or few)(xt, t, 0.0)
             fake = few.using(net=self.fake)(xt, t, 0.0)
             real_x0 = {m: x0_from_velocity(xt[m], t.view(-1, 1, 1), real[m]) for m in xt}
             fake_x0 = {m: x0_from_velocity(xt[m], t.view(-1, 1, 1), fake[m]) for m in xt}

@@ -50,17 +50,31 @@ def shortcut_pairs(steps: tuple[int, ...], shift: float, min_step: float) -> Ten
 
 
 def shortcut_target(
-    few: Velocity, x: AV, s: Tensor, d: Tensor, base: Tensor, uncond: Velocity | None = None, cfg: float = 1.0
+    few: Velocity,
+    x: AV,
+    s: Tensor,
+    d: Tensor,
+    base: Tensor,
+    uncond: Velocity | None = None,
+    cfg: float = 1.0,
+    multi: Velocity | None = None,
 ) -> AV:
     """Stop-gradient ShortCut target for ``few(x, s, d)`` with per-sample ``s``, ``d`` (B,) and ``base`` (B,) bool.
 
-    Base rows: the Multi velocity ``few(x, s, 0)``, guided by ``uncond(x, s, 0)`` at scale ``cfg`` (needed only when
+    Base rows: the Multi velocity ``multi(x, s, 0)`` (default ``multi = few``: the model teaches itself), guided by
+    ``uncond(x, s, 0)`` (the unconditional velocity of the same teacher) at scale ``cfg`` (needed only when
     ``cfg != 1``). Other rows: ``u1 = few(x, s, d/2)``, ``x' = x - d/2 u1``, ``u2 = few(x', s - d/2, d/2)``, target
-    ``(u1 + u2) / 2`` (METHOD §4.3). The base rows' Multi velocity and the other rows' first half jump are one call
-    (``d`` is per sample), so a mixed batch costs two calls unguided, three guided.
+    ``(u1 + u2) / 2`` (METHOD §4.3). With ``multi = few`` the base rows' Multi velocity and the other rows' first half
+    jump are one call (``d`` is per sample), so a mixed batch costs two calls unguided, three guided; a separate
+    teacher (an EMA, a frozen copy) costs one call more.
     """
     with torch.no_grad():
-        first = few(x, s, torch.where(base, torch.zeros_like(d), d / 2))  # base rows: Multi; others: u1
+        if multi is None:
+            first = few(x, s, torch.where(base, torch.zeros_like(d), d / 2))  # base rows: Multi; others: u1
+            velocity = first
+        else:
+            first = few(x, s, d / 2) if bool((~base).any()) else None
+            velocity = multi(x, s, torch.zeros_like(d)) if bool(base.any()) else None
         out = first
         if bool((~base).any()):
             half = d / 2
@@ -69,8 +83,8 @@ def shortcut_target(
         if bool(base.any()):
             if cfg != 1.0 and uncond is None:
                 raise ValueError(f"shortcut_target: cfg={cfg:g} needs the unconditional velocity")
-            v = guided(lambda *_: first, uncond, cfg)(x, s, 0.0)  # scale 1: ``first`` itself, no call
-            out = {m: torch.where(_per_sample(base, v[m]).bool(), v[m], out[m]) for m in x}
+            v = guided(lambda *_: velocity, uncond, cfg)(x, s, 0.0)  # scale 1: ``velocity`` itself, no call
+            out = v if out is None else {m: torch.where(_per_sample(base, v[m]).bool(), v[m], out[m]) for m in x}
         return out
 
 

@@ -194,9 +194,9 @@ def test_control_flow_choices_are_identical_across_ranks_and_vary_across_steps()
     assert torch.equal(cropped[0]["video"], torch.arange(16.0 * cropped[1]).view(1, -1, 1))  # the window's first chunks
 
 
-def test_a_frozen_real_score_stays_frozen_and_bad_options_are_named(tiny_shards: Path) -> None:
+def test_a_frozen_teacher_stays_frozen_and_bad_options_are_named(tiny_shards: Path) -> None:
     L.seed_everything(0)
-    model = _model(history="rollout", fm_weight=0.0, sc_weight=0.0, dmd_weight=1.0, real_score="frozen")
+    model = _model(history="rollout", fm_weight=0.0, sc_weight=0.0, dmd_weight=1.0, teacher="frozen")
     model.teacher.load_state_dict(model.net.state_dict())
     teacher = _snapshot(model.teacher)
     net = _snapshot(model.net)
@@ -238,7 +238,7 @@ def test_a_low_rank_fake_score_starts_as_the_shared_model_and_trains_only_its_ad
 def test_fsdp_shards_every_network_the_stage_holds() -> None:
     """``networks()`` is what ``configure_model`` shards: the shared model, its EMA, a full fake score and a frozen
     teacher; low-rank adapters ride on the shared model, so they are refused under FSDP."""
-    full = MutualForcing(tower=TOWER, real_score="frozen")
+    full = MutualForcing(tower=TOWER, teacher="frozen")
     assert full.networks() == [full.net, full.ema, full.fake, full.teacher]
     lora = MutualForcing(tower=TOWER, fake_score="lora", ema_decay=None)
     assert lora.networks() == [lora.net]
@@ -375,13 +375,83 @@ def test_the_shortcut_loss_is_the_squared_error_of_the_prediction_against_its_ta
 
     noised = []  # the noisy chunks ShortCut predicts from, one per modality
     monkeypatch.setattr(module, "interpolate", lambda *args: noised.append(interpolate(*args)) or noised[-1])
-    monkeypatch.setattr(module, "shortcut_target", lambda few, x, s, d, base, uncond, cfg: {m: torch.full_like(v, 2.0) for m, v in x.items()})
+    monkeypatch.setattr(module, "shortcut_target", lambda few, x, s, d, base, uncond, cfg, multi=None: {m: torch.full_like(v, 2.0) for m, v in x.items()})
     model = _model(history="real")
     few, x0 = _stub_view(model, tiny_shards, ConstantMulti(multi=0.7))
     losses = model.shortcut(few, x0, torch.Generator().manual_seed(0))
     assert set(losses) == set(x0) and len(noised) == len(x0)
     for (m, loss), x in zip(losses.items(), noised):
         torch.testing.assert_close(loss, (0.1 * x + 0.3 - 2.0).pow(2).mean())  # the stub's jump velocity vs the target
+
+
+@pytest.mark.parametrize(("teacher", "multi"), [("shared", 0.7), ("ema", 0.2), ("frozen", -0.4), ("real_score=frozen", -0.4)])
+def test_the_shortcut_base_rows_learn_the_teachers_multi_velocity(tiny_shards: Path, monkeypatch, teacher: str, multi: float) -> None:
+    """With one jump of the whole path and ``min_step`` 1 every row is a base row, so ShortCut regresses the Few jump
+    onto the teacher's Multi velocity: the shared model's own (0.7 here), its EMA's (0.2) or the frozen copy's (-0.4).
+    ``real_score``, the option's former name, still picks the frozen copy."""
+    import lightning_mf.lit.mutual_forcing as module
+
+    noised = []
+    monkeypatch.setattr(module, "interpolate", lambda *args: noised.append(interpolate(*args)) or noised[-1])
+    option = {"real_score": "frozen"} if teacher.startswith("real_score") else {"teacher": teacher}
+    model = _model(history="real", shortcut_steps=(1,), min_step=1.0, **option)
+    model.ema, model.teacher = ConstantMulti(multi=0.2), ConstantMulti(multi=-0.4)
+    shared = ConstantMulti(multi=0.7)
+    few, x0 = _stub_view(model, tiny_shards, shared)
+    losses = model.shortcut(few, x0, torch.Generator().manual_seed(0))
+    for (m, loss), x in zip(losses.items(), noised):
+        torch.testing.assert_close(loss, (0.1 * x + 0.3 - multi).pow(2).mean())
+    assert all(not grad for _, grad in model.ema.calls + model.teacher.calls)  # the teacher runs without gradient
+    assert model.teacher_source == teacher.removeprefix("real_score=")
+
+
+class ScaledMulti(ConstantMulti):
+    """ConstantMulti whose Multi-mode velocity is ``multi * x`` (so it depends on the input) and that records the noise
+    level of each sample's last token."""
+
+    def __init__(self, multi: float) -> None:
+        super().__init__(multi)
+        self.levels: list[torch.Tensor] = []
+
+    def forward(self, tokens, d=0.0, **kwargs):
+        self.levels.append(next(iter(tokens.values())).s[:, -1].clone())
+        out = super().forward(tokens, d=d, **kwargs)
+        jump = (self.calls[-1][0] > 0).view(-1, 1, 1)
+        return {m: torch.where(jump, out[m], self.multi * t.x) for m, t in tokens.items()}
+
+
+def test_the_anchor_is_the_multi_mode_gap_to_the_frozen_copy_on_the_same_noised_chunks(tiny_shards: Path, monkeypatch) -> None:
+    """``L_anchor`` compares the shared model's and the frozen copy's Multi-mode velocities (d = 0) on the same real
+    chunks noised to the same per-sample level; only the shared model's call carries gradient. The copy exists for
+    the anchor alone when the teacher is the shared model."""
+    import lightning_mf.lit.mutual_forcing as module
+
+    noised = []
+    monkeypatch.setattr(module, "interpolate", lambda *args: noised.append(interpolate(*args)) or noised[-1])
+    model = _model(history="real", anchor_weight=1.0)
+    assert model.teacher is not None and model.teacher_source == "shared"
+    assert MutualForcing(tower=TOWER).teacher is None  # no anchor, no copy
+    shared, model.teacher = ScaledMulti(multi=0.7), ScaledMulti(multi=0.2)
+    few, x0 = _stub_view(model, tiny_shards, shared)
+    losses = model.anchor(few, x0)
+    assert set(losses) == set(x0) and len(noised) == len(x0)
+    for (m, loss), x in zip(losses.items(), noised):
+        torch.testing.assert_close(loss, (0.5 * x).pow(2).mean())
+    torch.testing.assert_close(shared.levels[-1], model.teacher.levels[-1])  # one level per sample, the same for both
+    assert len(set(shared.levels[-1].tolist())) > 1  # drawn per sample
+    assert all(float(d.abs().max()) == 0 for d, _ in shared.calls + model.teacher.calls)  # Multi mode only
+    assert [grad for _, grad in shared.calls] == [True] and [grad for _, grad in model.teacher.calls] == [False]
+
+
+def test_an_anchored_step_trains_the_shared_model_and_leaves_the_frozen_copy(tiny_shards: Path) -> None:
+    L.seed_everything(0)
+    model = _model(history="rollout", chunks=(2, 3), anchor_weight=1.0)
+    frozen, net = _snapshot(model.teacher), _snapshot(model.net)
+    trainer = _trainer()
+    trainer.fit(model, _datamodule(tiny_shards))
+    assert not _changed(frozen, model.teacher) and _changed(net, model.net)
+    anchor = trainer.callback_metrics["train/anchor"]
+    assert torch.isfinite(anchor) and anchor > 0  # the randomised shared model differs from the copy
 
 
 class RecordLevels(ConstantMulti):
@@ -396,23 +466,24 @@ class RecordLevels(ConstantMulti):
         return super().forward(tokens, d=d, **kwargs)
 
 
-@pytest.mark.parametrize("real_score", ["shared", "frozen"])
-def test_dmd_pushes_samples_from_the_fake_score_toward_the_real_score(tiny_shards: Path, monkeypatch, real_score: str) -> None:
+@pytest.mark.parametrize("teacher", ["shared", "ema", "frozen"])
+def test_dmd_pushes_samples_from_the_fake_score_toward_the_real_score(tiny_shards: Path, monkeypatch, teacher: str) -> None:
     """With a real score of constant velocity r and a fake score of constant velocity f, the x0 estimates of the same
     re-noised sample differ by exactly ``fake_x0 - real_x0 = t (r - f)``, with t > 0 the re-noising level: a sign
     error, swapped scores or a fake score that is the shared model itself all break that. The real score is the
-    shared model's Multi mode, or the frozen teacher when there is one."""
+    teacher's Multi mode: the shared model's, its EMA's or the frozen copy's."""
     import lightning_mf.lit.mutual_forcing as module
 
     seen = {}
     real_loss, real_integrate = module.dmd_loss, module.integrate
     monkeypatch.setattr(module, "dmd_loss", lambda sample, real_x0, fake_x0: seen.update(sample=sample, real=real_x0, fake=fake_x0) or real_loss(sample, real_x0, fake_x0))
     monkeypatch.setattr(module, "integrate", lambda *args: seen.update(before_last=real_integrate(*args)) or seen["before_last"])
-    model = _model(history="real", dmd_steps=(4,), few_shift=3.0, dmd_levels=(0.3, 0.4), real_score=real_score)
+    model = _model(history="real", dmd_steps=(4,), few_shift=3.0, dmd_levels=(0.3, 0.4), teacher=teacher)
     shared, fake = ConstantMulti(multi=0.7), RecordLevels(multi=-0.5)
     model.fake, r = fake, 0.7
-    if real_score == "frozen":
-        model.teacher, r = ConstantMulti(multi=0.2), 0.2
+    if teacher != "shared":
+        setattr(model, "teacher" if teacher == "frozen" else "ema", ConstantMulti(multi=0.2))
+        r = 0.2
     few, x0 = _stub_view(model, tiny_shards, shared)
     losses, sample = model.dmd(few, x0, torch.Generator().manual_seed(0))
     for m in x0:

@@ -29,7 +29,13 @@ LEVELS = "model.dmd_levels must satisfy 0 < low <= high < 1, got "
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ({"teacher": "live"}, "model.teacher must be 'shared', 'ema' or 'frozen', got 'live'"),
+        ({"teacher": "ema", "ema_decay": None}, "model.teacher: ema needs model.ema_decay (the EMA is the teacher)"),
         ({"real_score": "live"}, "model.real_score must be 'shared' or 'frozen', got 'live'"),
+        (
+            {"teacher": "frozen", "real_score": "shared"},
+            "model.teacher='frozen' and model.real_score='shared' (its former name) disagree; give teacher only",
+        ),
         ({"dmd_sample": "both"}, "model.dmd_sample must be 'rollout' or 'fresh', got 'both'"),
         ({"rollout_steps": (0,)}, "model.rollout_steps must list jump counts >= 1, got [0]"),
         ({"shortcut_steps": ()}, "model.shortcut_steps must list jump counts >= 1, got []"),
@@ -39,6 +45,7 @@ LEVELS = "model.dmd_levels must satisfy 0 < low <= high < 1, got "
         ({"sd_weight": -0.5}, WEIGHTS),
         ({"sc_weight": -0.5}, WEIGHTS),
         ({"dmd_weight": -0.5}, WEIGHTS),
+        ({"anchor_weight": -0.5}, WEIGHTS),
         ({"fake_updates": 0}, WEIGHTS),
         ({"accumulate": 0}, WEIGHTS),
         ({"dmd_levels": (0.0, 0.5)}, LEVELS + "[0.0, 0.5]"),
@@ -60,7 +67,8 @@ def test_each_bad_option_is_refused_with_its_name(options: dict[str, Any], messa
         ({"distill_cfg": 3.0}, True),  # ShortCut's base target and DMD's real score both guide the shared model
         ({"distill_cfg": 3.0, "dmd_weight": 0.0}, True),  # ShortCut alone still does
         ({"distill_cfg": 3.0, "sc_weight": 0.0}, True),  # so does DMD alone with the shared real score
-        ({"distill_cfg": 3.0, "sc_weight": 0.0, "real_score": "frozen"}, False),  # a frozen teacher is no loop
+        ({"distill_cfg": 3.0, "teacher": "ema"}, True),  # an EMA teacher follows the model: a slower loop
+        ({"distill_cfg": 3.0, "teacher": "frozen"}, False),  # a frozen teacher is no loop
     ],
 )
 def test_a_guided_shared_teacher_is_warned_about(options: dict[str, Any], warns: bool, recwarn) -> None:
@@ -78,7 +86,7 @@ def test_the_edges_of_the_valid_ranges_are_accepted() -> None:
         tower=TOWER, dmd_levels=(0.3, 0.3), chunks=(1, 1), rollout_steps=(1,), shortcut_steps=(1,), dmd_steps=(1,),
         fm_weight=0.0, sc_weight=0.0,
     )
-    assert model.dmd_levels == (0.3, 0.3) and model.weights == {"fm": 0.0, "sc": 0.0, "dmd": 1 / 3}
+    assert model.dmd_levels == (0.3, 0.3) and model.weights == {"fm": 0.0, "sc": 0.0, "dmd": 1 / 3, "anchor": 0.0}
 
 
 def test_the_stage_defaults_reach_the_base_module_and_given_ones_replace_them() -> None:
@@ -114,7 +122,7 @@ def test_the_fake_score_and_the_frozen_teacher_are_independent_copies_and_the_te
     """A ``copy`` fake score and a ``frozen`` teacher start equal to the shared model but share no parameter with it
     (training the fake score must not move the shared model); the teacher's parameters need no gradient, the
     shared model's and the fake score's do."""
-    model = MutualForcing(tower=TOWER, real_score="frozen")
+    model = MutualForcing(tower=TOWER, teacher="frozen")
     for other in (model.fake, model.teacher):
         assert _storages(other).isdisjoint(_storages(model.net))
         for (name, a), b in zip(model.net.state_dict().items(), other.state_dict().values()):
@@ -180,7 +188,7 @@ def test_a_fresh_fit_starts_every_network_from_init_ckpt_and_a_resumed_fit_does_
     and the frozen teacher; a resumed fit (``ckpt_path`` set) keeps what the checkpoint restores, and stages other
     than fit never load it."""
     path, expected = _stage_2_checkpoint(tmp_path)
-    fresh = MutualForcing(tower=TOWER, init_ckpt=path, real_score="frozen")
+    fresh = MutualForcing(tower=TOWER, init_ckpt=path, teacher="frozen")
     fresh._trainer = SimpleNamespace(ckpt_path=None)
     fresh.setup("fit")
     for net in (fresh.net, fresh.ema, fresh.fake, fresh.teacher):

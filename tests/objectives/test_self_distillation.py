@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from lightning_mf.flow import AV, grid
+from lightning_mf.flow import AV, Velocity, grid
 from lightning_mf.objectives.self_distillation import dmd_loss, shortcut_pairs, shortcut_target
 
 MU, SIGMA = 1.5, 0.4
@@ -56,6 +56,16 @@ def flow(x: AV, s: Tensor | float, d: Tensor | float) -> AV:
     return {m: torch.where(_b(d) > 0, chord[m], multi[m]) for m in x}
 
 
+def _assert_two_half_jumps(model: Velocity, x: AV, s: Tensor, d: Tensor, target: AV, i: int) -> None:
+    """Row ``i`` of ``target`` is the mean of the model's own two half jumps from ``x[i]`` (direct computation)."""
+    xi = {m: v[i : i + 1].expand(4, -1, -1) for m, v in x.items()}
+    h = float(d[i]) / 2
+    u1 = model(xi, float(s[i]), h)
+    u2 = model({m: xi[m] - h * u1[m] for m in xi}, float(s[i]) - h, h)
+    for m in x:
+        torch.testing.assert_close(target[m][i], ((u1[m] + u2[m]) / 2)[0], rtol=0, atol=1e-12)
+
+
 def test_the_target_of_a_true_average_velocity_is_itself_and_the_base_is_the_multi_velocity() -> None:
     x = _x()
     s = torch.tensor([1.0, 0.8, 0.5, 0.3], dtype=torch.float64)
@@ -93,15 +103,50 @@ def test_the_target_is_the_mean_of_two_half_jumps_of_the_model_and_cfg_multi_at_
     # the first half jumps and the base row's Multi velocity in one call, the second half jumps in another
     assert calls == ["model", "model"] + ([("uncond", 0.0)] if cfg != 1 else [])
     for i in range(3):
-        xi = {m: v[i : i + 1].expand(4, -1, -1) for m, v in x.items()}
-        h = float(d[i]) / 2
-        u1 = model(xi, float(s[i]), h)
-        u2 = model({m: xi[m] - h * u1[m] for m in xi}, float(s[i]) - h, h)
-        for m in x:
-            torch.testing.assert_close(target[m][i], ((u1[m] + u2[m]) / 2)[0], rtol=0, atol=1e-12)
+        _assert_two_half_jumps(model, x, s, d, target, i)
     multi = model(x, s, 0.0)  # the teacher is Multi mode (d = 0)
     for m in x:
         torch.testing.assert_close(target[m][3], 42.0 + cfg * (multi[m][3] - 42.0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_a_separate_teacher_gives_the_base_rows_and_the_model_its_own_half_jumps(cfg: float) -> None:
+    """``multi`` (an EMA or a frozen copy) answers the base rows at d = 0, guided by its own unconditional velocity;
+    the half jumps stay the trained model's, as ShortCut's recursion needs."""
+    x = _x(2)
+    calls = []
+
+    def model(x: AV, s: Tensor | float, d: Tensor | float) -> AV:
+        calls.append("model")
+        s, d = torch.as_tensor(s, dtype=torch.float64).expand(4), torch.as_tensor(d, dtype=torch.float64).expand(4)
+        return {m: 0.5 * xm + _b(s) - 2 * _b(d) for m, xm in x.items()}
+
+    def teacher(x: AV, s: Tensor | float, d: Tensor | float) -> AV:
+        calls.append("teacher")
+        assert bool((torch.as_tensor(d) == 0).all())  # the teacher is asked for Multi mode only
+        return {m: -1.5 * xm + 0.25 for m, xm in x.items()}
+
+    def uncond(x: AV, s: Tensor, d: float) -> AV:
+        calls.append("uncond")
+        return {m: xm * 0 - 7.0 for m, xm in x.items()}
+
+    s = torch.tensor([1.0, 0.2, 0.7, 0.1], dtype=torch.float64)
+    d = torch.tensor([0.5, 0.02, 0.4, 0.02], dtype=torch.float64)
+    base = torch.tensor([False, True, False, True])
+    target = shortcut_target(model, x, s, d, base, uncond, cfg, multi=teacher)
+    assert sorted(calls) == sorted(["model", "model", "teacher"] + (["uncond"] if cfg != 1 else []))
+    expected_multi = {m: -7.0 + cfg * (-1.5 * xm + 0.25 + 7.0) for m, xm in x.items()}
+    for i in range(4):
+        if base[i]:
+            for m in x:
+                torch.testing.assert_close(target[m][i], expected_multi[m][i], rtol=0, atol=1e-12)
+            continue
+        _assert_two_half_jumps(model, x, s, d, target, i)
+    calls.clear()
+    only_base = shortcut_target(model, x, s, d, torch.ones(4, dtype=torch.bool), None, 1.0, multi=teacher)
+    assert calls == ["teacher"]  # no half jump to take: the model is not called
+    for m in x:
+        torch.testing.assert_close(only_base[m], -1.5 * x[m] + 0.25, rtol=0, atol=0)
 
 
 def test_only_the_branches_in_use_are_evaluated() -> None:
