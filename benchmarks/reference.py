@@ -3,6 +3,7 @@
     bash benchmarks/reference.sh                      # run + report, resumable (about 2 hours on 2 cores)
     python benchmarks/reference.py run [--s1-video-steps 1200 ...]
     python benchmarks/reference.py report --write docs/benchmarks.md
+    python benchmarks/reference.py arm NAME [--s3-minutes 4] [TRAINING OPTIONS...]   # one stage-3 arm (about 6 min)
 
 ``run`` trains on one synthetic shard set, in order: stage 1 (audio, video) and stage 2 for a fixed number of steps;
 stage 3 for Mutual Forcing and the three baselines for the **same wall-clock budget each** (``trainer.max_time``, no
@@ -13,6 +14,11 @@ the last one on ``--clips`` whole held-out clips with 3 generation seeds (the ta
 10 s clips (5x the training clips) from 10 s transcripts (long streams). ``report`` turns the JSON files into the
 table, the targets of issue 16 (met or not), the curves (PNG) and ``runs/reference/reference.json``, which
 ``notebooks/ablations.ipynb`` reads.
+
+``arm`` is the unit of docs/benchmarks.md's stage-3 arms: Mutual Forcing's tiny config with the given options (e.g.
+``--model.init_args.sd_weight 0.3``), from the run's stage-2 checkpoint, for the stage-3 budget, seed 0, into
+``runs/arms/NAME``; then Few 4 and Multi 50 (CFG 1) on 16 held-out clips, one generation seed, into
+``runs/arms/NAME-eval.json`` (``benchmarks/frontier.py`` plots those).
 
 A stage whose ``done.json`` exists is skipped, and so is every evaluation whose JSON exists; an interrupted stage
 is trained again from its start (a stage-3 budget is wall-clock, so it cannot be resumed from a checkpoint).
@@ -80,8 +86,9 @@ def plan(s1_video: int, s1_audio: int, s2: int, s3_minutes: float) -> list[Fit]:
     return fits
 
 
-def overlay(fit: Fit, runs: Path) -> dict:
-    """What the reference run changes in the stage's config: where it writes, its budget, its checkpoints."""
+def overlay(fit: Fit, runs: Path, init_from: Path | None = None) -> dict:
+    """What the reference run changes in the stage's config: where it writes, its budget, its checkpoints. Stage 3
+    starts from ``init_from``'s stage-2 checkpoint (default: the same runs folder)."""
     checkpoints = {"dirpath": str(runs / fit.name / "checkpoints"), "save_last": True, "save_top_k": -1}
     trainer: dict = {
         "logger": {
@@ -102,25 +109,40 @@ def overlay(fit: Fit, runs: Path) -> dict:
     if fit.config == "joint":
         args = {"video_ckpt": str(runs / "video_pretrain/checkpoints/last.ckpt"), "audio_ckpt": str(runs / "audio_pretrain/checkpoints/last.ckpt")}
     elif fit.stage == "stage 3":
-        args = {"init_ckpt": str(runs / "joint/checkpoints/last.ckpt")}
+        args = {"init_ckpt": str((init_from or runs) / "joint/checkpoints/last.ckpt")}
     return {"seed_everything": fit.seed, "trainer": trainer} | ({"model": {"init_args": args}} if args else {})
 
 
-def train(fit: Fit, runs: Path, data: Path) -> None:
+def train(fit: Fit, runs: Path, data: Path, init_from: Path | None = None, options: tuple[str, ...] = ()) -> None:
     folder = runs / fit.name
     if (folder / "done.json").exists():
         print(f"[reference] {fit.name}: done, skipped", flush=True)
         return
     shutil.rmtree(folder, ignore_errors=True)  # an interrupted run starts again
     folder.mkdir(parents=True)
-    (folder / "overlay.yaml").write_text(yaml.safe_dump(overlay(fit, runs)))
-    command = [*LMF, "fit", "--config", str(REPO / "configs/tiny" / f"{fit.config}.yaml"), "--config", str(folder / "overlay.yaml"), "--data.root", str(data)]
+    (folder / "overlay.yaml").write_text(yaml.safe_dump(overlay(fit, runs, init_from)))
+    command = [*LMF, "fit", "--config", str(REPO / "configs/tiny" / f"{fit.config}.yaml"), "--config", str(folder / "overlay.yaml"), "--data.root", str(data), *options]
     budget = f"{fit.steps} steps" if fit.minutes is None else f"{fit.minutes:g} min"
     print(f"[reference] {fit.name}: training ({budget})", flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO)
     seconds = time.perf_counter() - started
     (folder / "done.json").write_text(json.dumps({"seconds": seconds, "command": " ".join(command[2:])}))
+
+
+def arm(name: str, runs: Path, arms: Path, data: Path, minutes: float, options: tuple[str, ...]) -> Path:
+    """One stage-3 arm (see the module docstring); returns its evaluation JSON."""
+    init = runs / "joint/checkpoints/last.ckpt"
+    if not init.is_file():
+        raise SystemExit(f"reference.py arm: no stage-2 checkpoint at {init}; run bash benchmarks/reference.sh first")
+    if (arms / name).exists():
+        raise SystemExit(f"reference.py arm: {arms / name} exists; remove it or pick another name")
+    train(Fit(name, "mutual_forcing", "stage 3", seed=0, minutes=minutes), arms, data, init_from=runs, options=options)
+    out = arms / f"{name}-eval.json"
+    command = [*LMF, "evaluate", "--ckpt", str(arms / name / "checkpoints/last.ckpt"), "--data", str(data), "--modes", "[few4, multi50]",
+               "--num_clips", "16", "--cfg_scale", "1", "--bootstraps", "0", "--out", str(out)]  # fmt: skip
+    subprocess.run(command, check=True, cwd=REPO)
+    return out
 
 
 def evaluate_run(
@@ -483,7 +505,9 @@ def report(runs: Path, fits: list[Fit], clips: int, write: Path | None, command:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("run", "report"))
+    parser.add_argument("what", choices=("run", "report", "arm"))
+    parser.add_argument("name", nargs="?", help="arm: its name, the folder under --arms; training options follow")
+    parser.add_argument("--arms", type=Path, default=REPO / "runs/arms", help="arm: where arms are written")
     parser.add_argument("--runs", type=Path, default=REPO / "runs/reference")
     parser.add_argument("--data", type=Path, default=REPO / "data/reference")
     parser.add_argument("--train-clips", type=int, default=384)
@@ -494,7 +518,14 @@ def main() -> None:
     parser.add_argument("--s3-minutes", type=float, default=4.0)
     parser.add_argument("--multi-seeds", type=int, default=1, help="generation seeds of the Multi-mode rows (the slowest: 3 take the run past 2 hours on 2 cores; Few rows take 3)")
     parser.add_argument("--write", type=Path, default=None, help="docs file whose 'reference' section is rewritten")
-    args = parser.parse_args()
+    args, options = parser.parse_known_args()
+    if args.what == "arm":
+        if not args.name:
+            parser.error("arm needs a NAME")
+        print(f"[reference] arm {args.name}: {arm(args.name, args.runs, args.arms, args.data, args.s3_minutes, tuple(options))}")
+        return
+    if options or args.name:
+        parser.error(f"unrecognized arguments: {' '.join(([args.name] if args.name else []) + options)}")
     fits = plan(args.s1_video_steps, args.s1_audio_steps, args.s2_steps, args.s3_minutes)
     long_data = args.data.with_name(args.data.name + "-long")
     if args.what == "run":

@@ -127,3 +127,31 @@ def test_a_cached_evaluation_gains_the_modes_asked_for_later_and_keeps_its_rows(
     calls.clear()
     evaluate_run(fit, tmp_path, tmp_path, tmp_path, clips=4, multi_seeds=3, parts=("final",))
     assert calls == []
+
+
+def test_an_arm_starts_from_the_reference_stage_2_and_writes_under_its_own_folder(tmp_path: Path) -> None:
+    """``reference.py arm``: the stage-3 overlay of an arm reads the reference run's stage-2 checkpoint, writes its
+    checkpoints and logs under the arms folder, and keeps the reference's wall-clock budget and seed."""
+    runs, arms = tmp_path / "reference", tmp_path / "arms"
+    fit = Fit("sd03", "mutual_forcing", "stage 3", seed=0, minutes=4.0)
+    got = overlay(fit, arms, init_from=runs)
+    assert got["model"]["init_args"]["init_ckpt"] == str(runs / "joint/checkpoints/last.ckpt")
+    assert got["trainer"]["callbacks"][0]["init_args"]["dirpath"] == str(arms / "sd03/checkpoints")
+    assert got["trainer"]["logger"]["init_args"]["save_dir"] == str(arms) and got["trainer"]["max_time"] == "00:00:04:00"
+    assert overlay(fit, arms)["model"]["init_args"]["init_ckpt"] == str(arms / "joint/checkpoints/last.ckpt")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["arm"], "arm needs a NAME"),
+        (["arm", "x", "--runs", "{tmp}/none"], "no stage-2 checkpoint at {tmp}/none/joint/checkpoints/last.ckpt"),
+        (["report", "--model.init_args.sd_weight", "0.3"], "unrecognized arguments: --model.init_args.sd_weight 0.3"),
+    ],
+)
+def test_arm_arguments_are_checked_before_anything_runs(tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/reference.py"), *(a.format(tmp=tmp_path) for a in args)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0 and message.format(tmp=tmp_path) in result.stderr
