@@ -377,7 +377,7 @@ class MutualForcing(TeacherForcing):
         batch = next(iter(x0.values())).shape[0]
         rows = self.pairs[torch.multinomial(self.pairs[:, 3].cpu(), batch, replacement=True, generator=ctl).to(self.pairs.device)]
         s, d, base = rows[:, 0], rows[:, 1], rows[:, 2].bool()  # (B,)
-        xs = {m: interpolate(x, torch.randn_like(x), s.view(-1, 1, 1)) for m, x in x0.items()}
+        xs = _noised(x0, s)
         multi = self._teacher(few)
         teacher = multi or few
         target = shortcut_target(few, xs, s, d, base, teacher.using(cond=teacher.cond.unconditional()), self.distill_cfg, multi)
@@ -388,7 +388,7 @@ class MutualForcing(TeacherForcing):
         """Multi mode's velocity against the frozen copy's, on real chunks noised to per-sample uniform levels (B,)."""
         batch = next(iter(x0.values())).shape[0]
         s = torch.rand(batch, device=self.device)
-        xs = {m: interpolate(x, torch.randn_like(x), s.view(-1, 1, 1)) for m, x in x0.items()}
+        xs = _noised(x0, s)
         with torch.no_grad():
             held = few.using(net=self.teacher)(xs, s, 0.0)
         v = few(xs, s, 0.0)
@@ -411,7 +411,7 @@ class MutualForcing(TeacherForcing):
         low, high = self.dmd_levels
         t = low + (high - low) * torch.rand(batch, device=self.device)  # (B,)
         with torch.no_grad():
-            xt = {m: interpolate(v.detach(), torch.randn_like(v), t.view(-1, 1, 1)) for m, v in sample.items()}
+            xt = _noised({m: v.detach() for m, v in sample.items()}, t)
             real = self._multi_cfg(self._teacher(few) or few)(xt, t, 0.0)
             fake = few.using(net=self.fake)(xt, t, 0.0)
             real_x0 = {m: x0_from_velocity(xt[m], t.view(-1, 1, 1), real[m]) for m in xt}
@@ -466,6 +466,11 @@ class MutualForcing(TeacherForcing):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None:
             raise ValueError("MutualForcing supports precision 32 and bf16-mixed, not fp16 with loss scaling (use bf16-mixed)")
+
+
+def _noised(x: AV, s: Tensor) -> AV:
+    """Every modality of ``x`` ``{m: (B, N, C)}`` noised to its sample's level ``s`` (B,), fresh noise."""
+    return {m: interpolate(v, torch.randn_like(v), s.view(-1, 1, 1)) for m, v in x.items()}
 
 
 def _cat(chunks: list[AV]) -> AV:
