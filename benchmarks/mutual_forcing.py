@@ -36,9 +36,9 @@ METRICS = (
     ("fd_frames", "FD frames"), ("fd_clips", "FD clips"), ("fd_motion", "FD motion"), ("fd_audio", "FD audio"),
     ("video_timing_r", "video timing r"), ("audio_timing_r", "audio timing r"), ("oracle_sync_corr", "oracle sync r"),
     ("lse_c", "LSE-C"), ("lse_d", "LSE-D"), ("vowel_error_rate", "vowel err"), ("speech_frame_error", "frame err"),
-    ("drift_mean", "drift"),
+    ("drift_mean", "drift"), ("flicker", "flicker"), ("mouth_motion", "mouth motion"),
 )
-REFERENCES = ("real (held-out)", "real, other characters", "copy first frame")
+REFERENCES = ("real (held-out)", "real, other characters", "copy first frame", "copy first frame + grain")
 
 
 class StepTimer(L.Callback):

@@ -281,9 +281,9 @@ CURVES = {  # figure -> (runs' stage, modes' metrics to draw)
 TABLE = (
     ("fd_frames", "FD frames"), ("fd_clips", "FD clips"), ("fd_motion", "FD motion"), ("fd_audio", "FD audio"),
     ("video_timing_r", "video timing r"), ("audio_timing_r", "audio timing r"), ("oracle_sync_corr", "A-V sync r"),
-    ("vowel_error_rate", "vowel err"), ("drift_mean", "drift"),
+    ("vowel_error_rate", "vowel err"), ("drift_mean", "drift"), ("flicker", "flicker"), ("mouth_motion", "mouth motion"),
 )
-LOWER_IS_BETTER = {"fd_frames", "fd_clips", "fd_motion", "fd_audio", "vowel_error_rate", "drift_mean", "speech_frame_error"}
+LOWER_IS_BETTER = {"fd_frames", "fd_clips", "fd_motion", "fd_audio", "vowel_error_rate", "drift_mean", "speech_frame_error", "flicker"}
 
 
 def _json(path: Path) -> dict:

@@ -28,7 +28,10 @@ from lightning_mf.metrics.scoring import PRETRAINED, Scorer, reference_rows
 
 __all__ = ["GenerationEval", "gif_summary", "take_windows"]
 
-REFERENCE_TAGS = {"real (held-out)": "real", "real, other characters": "real_other_characters", "copy first frame": "copy_first_frame"}
+REFERENCE_TAGS = {
+    "real (held-out)": "real", "real, other characters": "real_other_characters", "copy first frame": "copy_first_frame",
+    "copy first frame + grain": "copy_first_frame_grain",
+}
 
 
 def gif_summary(tag: str, frames: Tensor, fps: int) -> Any:

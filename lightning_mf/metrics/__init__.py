@@ -5,16 +5,19 @@ from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatu
 from lightning_mf.metrics.lipsync import LipSync
 from lightning_mf.metrics.oracle import OracleSync
 from lightning_mf.metrics.pretrained import InceptionFeatures, VGGishFeatures, VideoNetFeatures
+from lightning_mf.metrics.stillness import BackgroundFlicker, MouthMotion
 from lightning_mf.metrics.vowels import VowelClassifier, VowelErrorRate, train_vowel_classifier
 
 __all__ = [
     "AudioFeatures",
+    "BackgroundFlicker",
     "ClipFeatures",
     "FrameFeatures",
     "FrechetDistance",
     "IdentityDrift",
     "InceptionFeatures",
     "LipSync",
+    "MouthMotion",
     "OracleSync",
     "VGGishFeatures",
     "VideoNetFeatures",

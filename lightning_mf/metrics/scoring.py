@@ -7,6 +7,10 @@ Which question each metric answers (the floor and ceiling rows tell how to read 
   clips, frame-to-frame motion and audio look like real data? FD frames cannot see motion (copying the first frame
   wins it); FD motion can.
 - ``drift_*``: does the character keep its colours over the clip (against the frame it was conditioned on)?
+- ``flicker`` / ``mouth_motion`` (synthetic): is the still background still (grain, patch grids), and how far does the
+  mouth move? The clip distances read i.i.d. pixel noise as motion (the first frame copied, plus noise of std 6,
+  scores FD clips 10.6 instead of 32), so a low ``fd_clips`` or ``fd_motion`` with a high ``flicker`` and a small
+  ``mouth_motion`` is grain, not motion.
 - ``video_timing_r`` / ``audio_timing_r`` (+ ``_lag``): does the mouth, and does the voice, start and stop with the
   transcript it was given? (synthetic data: ground truth stored with each clip)
 - ``oracle_sync_*`` (synthetic) and ``lse_d`` / ``lse_c`` / ``av_offset`` (SyncNet): are the generated video and audio
@@ -31,14 +35,16 @@ from lightning_mf.metrics.frechet import AudioFeatures, ClipFeatures, FrameFeatu
 from lightning_mf.metrics.lipsync import LipSync
 from lightning_mf.metrics.oracle import OracleSync
 from lightning_mf.metrics.pretrained import VIDEO_ARCHS, InceptionFeatures, VGGishFeatures, VideoNetFeatures
+from lightning_mf.metrics.stillness import BackgroundFlicker, MouthMotion
 from lightning_mf.metrics.timing import TranscriptTiming
 from lightning_mf.metrics.vowels import SpeechFrameErrorRate, VowelErrorRate, train_vowel_classifier
 from lightning_mf.models.syncnet import SyncNet
 from lightning_mf.spec import AVSpec
 
-__all__ = ["PRETRAINED", "Scorer", "copy_first_frame", "reference_rows", "swap_transcripts"]
+__all__ = ["GRAIN_STD", "PRETRAINED", "Scorer", "copy_first_frame", "reference_rows", "swap_transcripts"]
 
 PRETRAINED = {"inception", "vggish", *VIDEO_ARCHS}
+GRAIN_STD = 6.0  # pixel noise (0..255) of the "copy first frame + grain" floor: about the grain of a sharp Few 4
 
 # Scoring runs on one process (rank 0 of a training run): a metric must not wait for the other ranks in compute()
 # (torchmetrics all-gathers states whenever torch.distributed is initialised), or DDP training hangs.
@@ -129,6 +135,12 @@ class Scorer:
             drift = IdentityDrift(fps=self.spec.fps, **LOCAL)
             drift.update(video, made_from.video[:, 0].to(video.device))
             out |= _floats(drift.compute())
+            if mouths is not None and video.shape[1] >= 2:  # synthetic characters: a still background, a known mouth
+                flicker = BackgroundFlicker(**LOCAL)
+                flicker.update(video, made_from.video[:, 0].to(video.device))
+                motion = MouthMotion(**LOCAL)
+                motion.update(video, mouths)
+                out |= _floats(flicker.compute()) | _floats(motion.compute())
             if audio is not None and self.syncnet is not None:
                 max_offset = min(self.max_offset, video.shape[1] - 1)
                 lipsync = LipSync(self.syncnet.to(video.device), max_offset=max_offset, **LOCAL)
@@ -181,9 +193,14 @@ class Scorer:
         return {f"fd_{name}": value} | ({f"fd_{name}_ci95": half} if self.bootstraps else {})
 
 
-def copy_first_frame(clips: AVBatch, modalities: tuple[str, ...]) -> dict[str, Tensor]:
-    """The trivial generator: the conditioning frame held for the whole clip, and silence."""
-    media = {"video": clips.video[:, :1].expand_as(clips.video).contiguous(), "audio": torch.zeros_like(clips.audio)}
+def copy_first_frame(clips: AVBatch, modalities: tuple[str, ...], grain: float = 0.0) -> dict[str, Tensor]:
+    """The trivial generator: the conditioning frame held for the whole clip, and silence; with ``grain`` > 0, plus
+    Gaussian pixel noise of that std (0..255 levels, new in every frame, seeded: the same clips every call)."""
+    video = clips.video[:, :1].expand_as(clips.video).contiguous()
+    if grain > 0:
+        noise = torch.randn(video.shape, generator=torch.Generator().manual_seed(0)).to(video.device)
+        video = (video.float() + grain * noise).round().clamp(0, 255).to(torch.uint8)
+    media = {"video": video, "audio": torch.zeros_like(clips.audio)}
     return {m: media[m] for m in modalities}
 
 
@@ -209,7 +226,10 @@ def reference_rows(scorer: Scorer, conditions: AVBatch, others: AVBatch) -> dict
     - ``real, other characters``: real clips of other characters scored against these conditions: perfect quality
       that follows neither the first frame nor the transcript (the floor of drift and timing);
     - ``copy first frame``: the conditioning frame held, with silence (the floor of every quality figure that
-      sees motion).
+      sees motion);
+    - ``copy first frame + grain`` (video only): the same with i.i.d. pixel noise of std ``GRAIN_STD``: no motion at
+      all, yet the clip distances drop to about a third of the copy's. A generator's ``fd_clips`` or ``fd_motion``
+      near this row's says nothing about its motion; ``mouth_motion`` and ``flicker`` tell grain from motion.
     """
     real_media = {m: getattr(others, m) for m in scorer.modalities}
     ceiling = scorer.score(real_media, made_from=others, reference=conditions)
@@ -218,7 +238,11 @@ def reference_rows(scorer: Scorer, conditions: AVBatch, others: AVBatch) -> dict
         "real (held-out)": ceiling,
         "real, other characters": scorer.score(real_media, made_from=conditions, reference=conditions, shown=others, frechet=False) | distances,
         "copy first frame": scorer.score(copy_first_frame(conditions, scorer.modalities), made_from=conditions, reference=conditions),
-    }
+    } | ({
+        "copy first frame + grain": scorer.score(
+            copy_first_frame(conditions, scorer.modalities, grain=GRAIN_STD), made_from=conditions, reference=conditions,
+        ),
+    } if "video" in scorer.modalities else {})
 
 
 def _device(media: dict[str, Tensor]) -> torch.device:

@@ -34,6 +34,10 @@ class NoiseSchedule:
         independent_modalities: draw a separate level per modality and chunk (joint training); otherwise the
             modalities of a chunk share one level.
         context_noise: the clean context is noised to a level drawn uniformly from [0, context_noise].
+        uniform_fraction: this fraction of the levels is drawn uniformly from (0, 1) instead, so that every level
+            the samplers visit is trained. A logit-normal shifted by 3 puts 0.65% of its levels below s = 0.2, where
+            Multi 50 (shift 3) starts its last 3 steps; untrained there, those steps add grain and colour drift
+            (docs/benchmarks.md, "FD clips rewards grain").
     """
 
     distribution: Literal["uniform", "logit_normal"] = "logit_normal"
@@ -42,15 +46,23 @@ class NoiseSchedule:
     scale: float = 1.0
     independent_modalities: bool = True
     context_noise: float = 0.0
+    uniform_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.context_noise < 1.0:
             raise ValueError(f"NoiseSchedule.context_noise must be in [0, 1), got {self.context_noise}")
+        if not 0.0 <= self.uniform_fraction <= 1.0:
+            raise ValueError(f"NoiseSchedule.uniform_fraction must be in [0, 1], got {self.uniform_fraction}")
 
     def draw(self, batch: int, chunks: int, device: torch.device) -> Tensor:
-        return sample_noise_levels(
+        """Levels (batch, chunks)."""
+        levels = sample_noise_levels(
             (batch, chunks), device=device, distribution=self.distribution, shift=self.shift, loc=self.loc, scale=self.scale
         )
+        if self.uniform_fraction == 0:  # draws nothing more: runs without it stay bit for bit what they were
+            return levels
+        uniform = sample_noise_levels((batch, chunks), device=device, distribution="uniform")
+        return torch.where(torch.rand((batch, chunks), device=device) < self.uniform_fraction, uniform, levels)
 
 
 def motion_weights(x0: Tensor, tokens_per_chunk: int, strength: float) -> Tensor:

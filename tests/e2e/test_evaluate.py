@@ -38,7 +38,7 @@ def test_evaluate_writes_reference_rows_and_one_row_per_mode(tiny_shards: Path, 
         "--num-clips", "2", "--bootstraps", "20", "--syncnet", str(tmp_path / "syncnet.pt"), "--swapped", "true", "--out", str(report),
     ])  # whole clips by default
     swaps = ["real, another clip's transcript", "multi2, another clip's transcript", "multi2heun, another clip's transcript"]
-    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", swaps[0], "multi2", swaps[1], "multi2heun", swaps[2]]
+    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "copy first frame + grain", swaps[0], "multi2", swaps[1], "multi2heun", swaps[2]]
     assert all({"video_timing_r", "video_timing_r_frame_clip", "audio_timing_r_frame_clip"} <= set(rows[k]) for k in swaps)
     assert rows[swaps[0]]["video_timing_r_frame_clip"] > 0.9  # real clips follow their own clip, not the swapped words
     rows = {k: v for k, v in rows.items() if k not in swaps}

@@ -39,10 +39,10 @@ def test_readme_main_command_runs_the_pipeline_and_reruns_from_its_results(tmp_p
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = tmp_path / "runs"
     table = first.stdout[first.stdout.rindex("=== done in"):]
-    assert re.search(r"metric\s+real \(held-out\)\s+real, other characters\s+copy first frame\s+few4\s+multi50", table)
-    assert re.search(r"nfe_per_chunk(\s+-){3}\s+4\s+100", table)
+    assert re.search(r"metric\s+real \(held-out\)\s+real, other characters\s+copy first frame\s+copy first frame \+ grain\s+few4\s+multi50", table)
+    assert re.search(r"nfe_per_chunk(\s+-){4}\s+4\s+100", table)
     for metric in ("fd_frames", "fd_motion", "fd_audio", "oracle_sync_corr", "video_timing_r", "audio_timing_r"):
-        assert re.search(rf"^{metric}(\s+\S+){{5}}$", table, flags=re.M), metric
+        assert re.search(rf"^{metric}(\s+\S+){{6}}$", table, flags=re.M), metric
     assert f"generated clip: {runs / 'generated.mp4'}" in table and f"tensorboard --logdir {runs}" in table
 
     video = decode_mp4((runs / "generated.mp4").read_bytes())
@@ -65,7 +65,7 @@ def test_readme_main_command_runs_the_pipeline_and_reruns_from_its_results(tmp_p
     assert again.returncode == 0, again.stderr[-3000:]
     assert all(f"=== {stage}: reusing" in again.stdout for stage in STAGES)
     assert f"=== evaluation: reusing {runs / 'evaluation.json'}" in again.stdout  # the same checkpoint: not scored again
-    assert re.search(r"nfe_per_chunk(\s+-){3}\s+4\s+100", again.stdout[again.stdout.rindex("=== done in"):])  # its table
+    assert re.search(r"nfe_per_chunk(\s+-){4}\s+4\s+100", again.stdout[again.stdout.rindex("=== done in"):])  # its table
     assert "reusing" in again.stdout.split("=== video_pretrain")[0]  # the shards too
 
 

@@ -173,7 +173,7 @@ def test_readme_commands_run_and_leave_what_they_promise(readme_runs: tuple[Path
     assert (root / "runs" / "tiny" / "joint" / "config-test.yaml").is_file()
 
     rows = _result(results, "evaluate", "[multi50, multi25heun]")[0]
-    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "multi50", "multi25heun"]
+    assert list(rows) == ["real (held-out)", "real, other characters", "copy first frame", "copy first frame + grain", "multi50", "multi25heun"]
     report = json.loads((root / "report.json").read_text())
     assert (report["num_clips"], report["window_chunks"]) == (2, 4)
     with_sync = _result(results, "evaluate", "--syncnet")[0]

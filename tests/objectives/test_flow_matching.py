@@ -174,3 +174,29 @@ def test_the_schedule_draws_with_its_own_distribution_and_parameters(schedule: N
     default = NoiseSchedule().draw(64, 3, torch.device("cpu"))
     assert drawn.shape == (64, 3) and torch.equal(drawn, expected)
     assert (drawn - default).abs().mean() > 0.05  # the parameters matter: a schedule that ignored them would fail
+
+
+def test_uniform_fraction_trains_the_low_levels_that_a_shifted_logit_normal_skips() -> None:
+    """Shift 3 leaves s < 0.2 almost untrained (0.65%); a uniform fraction p puts about 0.2 p of the levels there, and
+    the rest of the levels keep the logit-normal's shape."""
+    torch.manual_seed(0)
+    plain = NoiseSchedule(shift=3.0).draw(400, 100, torch.device("cpu"))
+    torch.manual_seed(0)
+    mixed = NoiseSchedule(shift=3.0, uniform_fraction=0.3).draw(400, 100, torch.device("cpu"))
+    assert mixed.shape == plain.shape == (400, 100)
+    assert float((plain < 0.2).float().mean()) < 0.01
+    assert float((mixed < 0.2).float().mean()) == pytest.approx(0.3 * 0.2 + 0.7 * 0.0065, abs=0.004)
+    kept = mixed == plain  # the levels not replaced: the same draws as without the option (the RNG order is kept)
+    assert float(kept.float().mean()) == pytest.approx(0.7, abs=0.01)
+    assert float(mixed.min()) >= 0.999e-3 and float(mixed.max()) <= 1 - 0.999e-3  # clamped to [eps, 1 - eps] (float32)
+    torch.manual_seed(0)
+    assert torch.equal(NoiseSchedule(shift=3.0, uniform_fraction=0.0).draw(400, 100, torch.device("cpu")), plain)
+    torch.manual_seed(0)
+    everything = NoiseSchedule(shift=3.0, uniform_fraction=1.0).draw(400, 100, torch.device("cpu"))
+    assert float((everything < 0.5).float().mean()) == pytest.approx(0.5, abs=0.01)  # uniform: half below 0.5
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_uniform_fraction_must_be_a_fraction(bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"NoiseSchedule.uniform_fraction must be in \[0, 1\], got {bad}"):
+        NoiseSchedule(uniform_fraction=bad)
