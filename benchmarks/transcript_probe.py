@@ -4,7 +4,8 @@
 
 For every checkpoint ``*step=N.ckpt`` of each run (``ModelCheckpoint(save_top_k=-1)`` keeps them), the probe of
 ``lightning_mf.metrics.transcript_probe`` on the first ``--clips`` whole held-out clips: r of the model's clean
-estimate near pure noise with the transcript given (another clip's) and with the clip its frames came from. Prints a
+estimate near pure noise with the transcript given (another clip's), with the clip its frames came from, and with a
+still history (the first frame repeated), and how far its mouth moves. Prints a
 table and a JSON line per checkpoint; ``--png`` draws each r against step and against wall-clock (the run's
 TensorBoard events time its steps).
 """
@@ -93,7 +94,7 @@ def plot(curves: dict[str, list[dict[str, float]]], keys: list[str], path: Path)
             for j, x in enumerate(("step", "seconds")):
                 axes[i, j].plot([r[x] for r in rows], [r[key] for r in rows], marker="o", label=Path(run).name)
                 axes[i, j].set_xlabel("training step" if x == "step" else "wall-clock (s)")
-                axes[i, j].set_ylabel(f"r ({key})")
+                axes[i, j].set_ylabel(f"mouth motion, px ({key})" if key.endswith("_motion") else f"r ({key})")
                 axes[i, j].axhline(0, color="grey", lw=0.5)
     axes[0, 0].legend(fontsize=7)
     figure.tight_layout()

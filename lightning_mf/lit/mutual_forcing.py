@@ -170,6 +170,8 @@ class MutualForcing(TeacherForcing):
                 "model.tower.first_frame_dropout is for stages 1-2: stage 3 trains on Few-mode rollouts that must see "
                 "the first frame as streaming does; set it to 0"
             )
+        if self.delayed_history:
+            raise ValueError("model.delayed_history is for stages 1-2: stage 3 trains on its own rollouts as history; set it to 0")
         if chunks is not None and not 1 <= chunks[0] <= chunks[1]:
             raise ValueError(f"model.chunks must be [min, max] with 1 <= min <= max, got {list(chunks)}")
         for name, steps in (("rollout_steps", rollout_steps), ("shortcut_steps", shortcut_steps), ("dmd_steps", dmd_steps)):

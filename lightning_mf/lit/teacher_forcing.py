@@ -35,6 +35,11 @@ class TeacherForcing(FlowModule):
         motion_weight: ``{modality: strength}``: weight each token's error by how much its position changes along
             the window (:func:`~lightning_mf.objectives.flow_matching.motion_weights`), e.g. ``{video: 3}`` so
             the mouth is not drowned by the still face; empty = the plain mean.
+        delayed_history: in training, the fraction of rows whose video history is their own clip delayed by 1 to L
+            chunks (the first frame fills the start; L chunks: a mouth that never moves), while their targets stay the
+            real chunks. Teacher forcing alone teaches the model to continue the history's mouth: sampled on its own
+            history, it continues that history's timing instead of the transcript's. In these rows only the
+            transcript tells the timing (docs/benchmarks.md, "Stage 1 knows the transcript").
         **kwargs: the shared options of :class:`~lightning_mf.lit.base.FlowModule` (spec, tower, codec, ...).
     """
 
@@ -46,9 +51,15 @@ class TeacherForcing(FlowModule):
         init_towers: dict[str, str] | None = None,
         init_from_ema: bool = True,
         motion_weight: dict[str, float] | None = None,
+        delayed_history: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(modalities, **kwargs)
+        if not 0.0 <= delayed_history <= 1.0:
+            raise ValueError(f"model.delayed_history is a fraction of rows, in [0, 1], got {delayed_history}")
+        if delayed_history and "video" not in self.seq.modalities:
+            raise ValueError("model.delayed_history delays the video history; the model has no video tower")
+        self.delayed_history = delayed_history
         self.noise, self.audio_weight, self.motion_weight = noise, audio_weight, dict(motion_weight or {})
         unknown = set(self.motion_weight) - set(self.seq.modalities)
         if unknown:
@@ -94,9 +105,22 @@ class TeacherForcing(FlowModule):
 
     def flow_matching(self, batch: AVBatch, cfg_dropout: float = 0.0) -> FlowMatchingResult:
         x0 = self.seq.encode(batch)
+        history = self.delayed(batch, x0) if self.delayed_history and self.training else None
         return teacher_forcing_flow_matching(
-            self.net, self.seq, x0, self.prefix(batch), self.condition(batch, cfg_dropout), self.noise, motion_weight=self.motion_weight
+            self.net, self.seq, x0, self.prefix(batch), self.condition(batch, cfg_dropout), self.noise, history=history,
+            motion_weight=self.motion_weight,
         )
+
+    def delayed(self, batch: AVBatch, x0: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``x0`` as history, with the video of a ``delayed_history`` fraction of rows delayed (see the class doc);
+        the other modalities keep their real history."""
+        frames, per_chunk = batch.video.shape[1], self.spec.frames_per_chunk
+        device = batch.video.device
+        delay = torch.randint(1, frames // per_chunk + 1, (batch.size,), device=device) * per_chunk  # (B,) frames
+        delay = torch.where(torch.rand(batch.size, device=device) < self.delayed_history, delay, 0)
+        source = (torch.arange(frames, device=device) - delay[:, None]).clamp(min=0)  # (B, T): frame t shows t - delay
+        video = batch.video[torch.arange(batch.size, device=device)[:, None], source]  # (B, T, 3, H, W)
+        return x0 | {"video": self.seq.codecs["video"].encode(video)}
 
     def training_step(self, batch: AVBatch, batch_idx: int) -> Tensor:
         return self._step(batch, "train", self.cfg_dropout)

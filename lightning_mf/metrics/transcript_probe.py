@@ -10,13 +10,20 @@ against the ground truth, once with each clip's own transcript and once with ano
 - ``frame_clip``: r with the timing of the clip the frames came from, under that swapped transcript: what the model
   takes from the history and the first frame (one chunk of real history predicts the next chunk's mouth weakly, and
   negatively);
-- ``own``: r with the clip's own transcript (both sources agree).
+- ``own``: r with the clip's own transcript (both sources agree);
+- ``still``: r with the clip's own transcript when the history is the first frame repeated (a mouth that never
+  moves): what the transcript gives once the history stops showing the mouth, as on a model's own still rollout;
+- ``own_motion`` and ``still_motion``: how far the estimate's mouth moves (its opening's std over time, px; real
+  clips ~1.5). A model that takes its mouth from the history moves it with a real history and not with a still one:
+  sampling on its own history then stays still (docs/benchmarks.md, "Stage 1 knows the transcript").
 
 One forward pass per level for a batch of whole clips: cheap enough to run on every checkpoint of a run, which the
 full sampler (``lightning-mf evaluate --swapped``, the final word) is not on a CPU.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -41,8 +48,8 @@ def _r(truth: torch.Tensor, opening: torch.Tensor) -> float:
 
 @torch.no_grad()
 def transcript_probe(module: FlowModule, clips: AVBatch, levels: tuple[float, ...] = (1.0, 0.9), seed: int = 0, use_ema: bool = True) -> dict[str, float]:
-    """``{"s<level>_own" | "s<level>_given" | "s<level>_frame_clip": r}`` for a video model (see the module doc) on
-    whole synthetic ``clips``; the same noise for both transcripts."""
+    """``{"s<level>_<own | given | frame_clip | still>": r, "s<level>_<own | still>_motion": px}`` for a video model
+    (see the module doc) on whole synthetic ``clips``; the same noise for every transcript and history."""
     if "video" not in module.seq.modalities:
         raise ValueError("transcript_probe reads mouths: the model needs a video tower")
     net = module.ema if use_ema and module.ema is not None else module.net
@@ -52,17 +59,22 @@ def transcript_probe(module: FlowModule, clips: AVBatch, levels: tuple[float, ..
     noise = {m: torch.randn(x.shape, generator=generator, device=x.device) for m, x in x0.items()}
     colours = torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32)
     prefix = module.prefix(clips)
+    first = clips.video[:, :1].expand_as(clips.video).contiguous()  # (B, T, 3, H, W): the first frame, never moving
+    still = module.seq.encode(dataclasses.replace(clips, video=first))
 
-    def opening(conditions: AVBatch, s: float) -> torch.Tensor:
+    def opening(conditions: AVBatch, s: float, history: dict[str, torch.Tensor] = x0) -> torch.Tensor:
         noisy = {m: interpolate(x, noise[m], s) for m, x in x0.items()}
-        v = TeacherForced(net, module.seq, x0, prefix, module.condition(conditions))(noisy, s, 0.0)
+        v = TeacherForced(net, module.seq, history, prefix, module.condition(conditions))(noisy, s, 0.0)
         video = module.seq.decode({"video": x0_from_velocity(noisy["video"], s, v["video"])})["video"]
         return mouth_opening(video, colours.to(video.device)).cpu()
 
     out = {}
     for s in levels:
-        own, other = opening(clips, s), opening(swapped, s)
+        own, other, unmoving = opening(clips, s), opening(swapped, s), opening(clips, s, still)
         out[f"s{s:g}_own"] = _r(_truth(clips), own)
         out[f"s{s:g}_given"] = _r(_truth(swapped), other)
         out[f"s{s:g}_frame_clip"] = _r(_truth(clips), other)
+        out[f"s{s:g}_still"] = _r(_truth(clips), unmoving)
+        out[f"s{s:g}_own_motion"] = float(own.std(dim=1).mean())
+        out[f"s{s:g}_still_motion"] = float(unmoving.std(dim=1).mean())
     return out

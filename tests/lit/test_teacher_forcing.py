@@ -211,3 +211,56 @@ def test_the_sampler_guides_generation_only_above_its_cfg_level(tiny_shards: Pat
     assert sampler.nfe() == 4
     model.generate(batch, num_chunks=2, sampler=sampler)
     assert calls.count(False) == 2 * 4 and calls.count(True) == 2 * (1 + 2)  # prefix + 2 chunks, in both caches
+
+
+def test_delayed_history_rows_see_their_clip_late_and_keep_their_real_targets(tiny_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_mf.lit.teacher_forcing as tf
+
+    seen = []
+    real_loss = tf.teacher_forcing_flow_matching
+    monkeypatch.setattr(tf, "teacher_forcing_flow_matching", lambda *a, **k: seen.append((a, k)) or real_loss(*a, **k))
+    batch = _batch(tiny_shards, batch_size=8, window_chunks=3)
+    model = JointTraining(tower=TINY_TOWER, delayed_history=0.5)
+    x0 = model.seq.encode(batch)
+    per_chunk = SPEC.frames_per_chunk
+    late = []  # the history delayed by 1, 2, 3 chunks: frame t shows frame t - delay, the first frame before it
+    for chunks in (1, 2, 3):
+        frames = torch.cat([batch.video[:, :1].expand(-1, chunks * per_chunk, -1, -1, -1), batch.video[:, : -chunks * per_chunk]], dim=1)
+        late.append(model.seq.codecs["video"].encode(frames))
+    assert all(not torch.equal(x, x0["video"]) for x in late)  # the clips move: a late history differs from the real one
+
+    torch.manual_seed(0)
+    model.train()
+    model.flow_matching(batch)
+    args, kwargs = seen[-1]
+    history = kwargs["history"]
+    assert torch.equal(args[2]["video"], x0["video"]) and torch.equal(args[2]["audio"], x0["audio"])  # targets: the real chunks
+    assert torch.equal(history["audio"], x0["audio"])  # the audio history stays real
+    delays = []
+    for b in range(batch.size):
+        matches = [d for d, x in enumerate([x0["video"], *late]) if torch.equal(history["video"][b], x[b])]
+        assert len(matches) == 1  # each row wholly one history: the real one or one delay
+        delays.append(matches[0])
+    assert 0 < sum(d > 0 for d in delays) < batch.size  # about half of 8 rows delayed (seed 0)
+
+    model.eval()  # validation keeps teacher forcing on the real history
+    model.flow_matching(batch)
+    assert seen[-1][1]["history"] is None
+    model.train()
+    model.delayed_history = 1.0
+    for _ in range(6):
+        model.flow_matching(batch)
+        rows = seen[-1][1]["history"]["video"]
+        assert all(not torch.equal(rows[b], x0["video"][b]) for b in range(batch.size))
+    assert any(torch.equal(seen[-1][1]["history"]["video"][b], late[2][b]) for b in range(batch.size))  # L chunks: still
+
+
+def test_delayed_history_is_a_fraction_needs_a_video_tower_and_stays_out_of_stage_3() -> None:
+    with pytest.raises(ValueError, match=r"model.delayed_history is a fraction of rows, in \[0, 1\], got 1.5"):
+        UniModalPretraining(modality="video", tower=TINY_TOWER, delayed_history=1.5)
+    with pytest.raises(ValueError, match="delays the video history; the model has no video tower"):
+        UniModalPretraining(modality="audio", tower=TINY_TOWER, delayed_history=0.5)
+    from lightning_mf.lit import MutualForcing
+
+    with pytest.raises(ValueError, match="delayed_history is for stages 1-2: stage 3 trains on its own rollouts"):
+        MutualForcing(tower=TINY_TOWER, delayed_history=0.5)

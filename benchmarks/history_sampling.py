@@ -1,0 +1,119 @@
+"""Does a video model follow the transcript, and on which history? Multi 50 sampled on three histories.
+
+    python benchmarks/history_sampling.py CKPT [CKPT ...] --data data/reference --clips 16 [--cfg 1] [--ctx-s 0] [--png F]
+
+For each checkpoint, every chunk of ``--clips`` whole held-out clips is sampled (Multi mode, 50 Euler steps at shift
+3, the EMA weights, the same noise) on a given history:
+
+- ``real``: the real clip's earlier chunks (teacher-forced sampling: what training conditions on);
+- ``still``: the first frame repeated (a history whose mouth never moves);
+- ``own``: the model's own earlier chunks, streamed with the KV cache (what ``lightning-mf evaluate`` scores), the
+  cache written at ``--ctx-s``.
+
+It prints the oracle's mouth r against the clip's own transcript, the mouth motion (the opening's std over time, px;
+real clips ~1.5) and the mean |frame - real frame| (0-255 levels), one JSON line per checkpoint and history, then a
+table; ``--png`` draws the first frame of every chunk of the first two clips, real and sampled on each history, for
+the first checkpoint. A model that follows the transcript on the real history and not on its own has learned the transcript but
+takes its mouth from the history (docs/benchmarks.md, "Stage 1 knows the transcript").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lightning_mf.data.shards import read_index
+from lightning_mf.flow import grid
+from lightning_mf.lit.base import SamplerConfig
+from lightning_mf.metrics.oracle import lag_correlations, mouth_opening
+from lightning_mf.objectives.flow_matching import TeacherForced
+from lightning_mf.sampling.samplers import guided, integrate
+from lightning_mf.tools.evaluate import load_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mutual_forcing import held_out  # noqa: E402  (benchmarks/ is not a package)
+
+HISTORIES = ("real", "still", "own")
+
+
+def scores(video: torch.Tensor, clips) -> dict[str, float]:
+    truth = torch.tensor([m["ground_truth"]["mouth_open"] for m in clips.meta], dtype=torch.float32)  # (B, T)
+    colours = torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32)
+    opening = mouth_opening(video, colours)  # (B, T)
+    return {
+        "video_r": float(lag_correlations(truth, opening, 0)[0][:, 0].mean()),
+        "mouth_motion": float(opening.std(dim=1).mean()),
+        "l1_to_real": float((video.float() - clips.video.float()).abs().mean()),
+    }
+
+
+@torch.no_grad()
+def sample_on(module, clips, history: str, cfg: float, ctx_s: float, seed: int = 0) -> torch.Tensor:
+    """Frames (B, T, 3, H, W) uint8 of every chunk sampled on ``history`` (see the module doc)."""
+    sampler = SamplerConfig(cfg_scale=cfg, ctx_s=ctx_s, seed=seed)
+    if history == "own":
+        return module.generate(clips, sampler=sampler)["video"]
+    x0 = module.seq.encode(clips)
+    if history == "still":
+        first = clips.video[:, :1].expand_as(clips.video).contiguous()
+        x0 = module.seq.encode(dataclasses.replace(clips, video=first))
+    generator = torch.Generator().manual_seed(seed)
+    noise = {m: torch.randn(x.shape, generator=generator) for m, x in x0.items()}
+    net = module.ema if module.ema is not None else module.net
+    cond = TeacherForced(net, module.seq, x0, module.prefix(clips), module.condition(clips))
+    velocity = guided(cond, cond.using(cond=None), cfg, sampler.cfg_above)
+    out = integrate(velocity, noise, grid(sampler.steps, sampler.shift, few=False))
+    return module.seq.decode({"video": out["video"]})["video"]
+
+
+def draw(real: torch.Tensor, videos: dict[str, torch.Tensor], per_chunk: int, path: str) -> None:
+    """Rows: for each of the first two clips, the real clip then each history's sample; columns: chunks."""
+    import torchvision
+
+    rows = [v[b, ::per_chunk] for b in range(min(2, real.shape[0])) for v in (real, *videos.values())]  # (chunks, 3, H, W) each
+    grid = torchvision.utils.make_grid(torch.cat(rows).float() / 255, nrow=rows[0].shape[0], padding=1)
+    torchvision.utils.save_image(torch.nn.functional.interpolate(grid[None], scale_factor=3, mode="nearest")[0], path)
+    print(f"wrote {path}: rows {['the real clip', *(f'on the {h} history' for h in videos)]} per clip")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpts", nargs="+")
+    parser.add_argument("--data", default="data/tiny")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--cfg", type=float, default=1.0)
+    parser.add_argument("--ctx-s", type=float, default=0.0, help="level the own history is written to the cache at")
+    parser.add_argument("--histories", default=",".join(HISTORIES))
+    parser.add_argument("--png", default=None, help="frames of the first two clips: real, then one row per history")
+    args = parser.parse_args()
+    histories = args.histories.split(",")
+    if unknown := set(histories) - set(HISTORIES):
+        raise SystemExit(f"--histories: unknown {sorted(unknown)}; choose from {HISTORIES}")
+    frames = read_index(args.data)["frames_per_clip"]
+    clips, rows = None, []
+    for ckpt in args.ckpts:
+        module = load_module(ckpt)
+        if "video" not in module.seq.modalities:
+            raise SystemExit(f"{ckpt}: a model without a video tower has no mouth to measure")
+        if clips is None:
+            clips = held_out(module, args.data, args.clips, frames // module.spec.frames_per_chunk)  # whole clips
+        videos = {}
+        for history in histories:
+            videos[history] = sample_on(module, clips, history, args.cfg, args.ctx_s)
+            row = {"ckpt": ckpt, "history": history, "cfg": args.cfg, "ctx_s": args.ctx_s} | scores(videos[history], clips)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if args.png and ckpt == args.ckpts[0]:
+            draw(clips.video, videos, module.spec.frames_per_chunk, args.png)
+    print("\n| checkpoint | history | video r | mouth motion (px) | \\|frame - real\\| |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['ckpt']} | {row['history']} | {row['video_r']:.2f} | {row['mouth_motion']:.2f} | {row['l1_to_real']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
