@@ -92,7 +92,7 @@ def plot(curves: dict[str, list[dict[str, float]]], keys: list[str], path: Path)
     for i, key in enumerate(keys):
         for run, rows in curves.items():
             for j, x in enumerate(("step", "seconds")):
-                axes[i, j].plot([r[x] for r in rows], [r[key] for r in rows], marker="o", label=Path(run).name)
+                axes[i, j].plot([r[x] for r in rows], [r[key] for r in rows], marker="o", label="/".join(Path(run).parts[-2:]))
                 axes[i, j].set_xlabel("training step" if x == "step" else "wall-clock (s)")
                 axes[i, j].set_ylabel(f"mouth motion, px ({key})" if key.endswith("_motion") else f"r ({key})")
                 axes[i, j].axhline(0, color="grey", lw=0.5)
