@@ -12,10 +12,11 @@ against the ground truth, once with each clip's own transcript and once with ano
   negatively);
 - ``own``: r with the clip's own transcript (both sources agree);
 - ``still``: r with the clip's own transcript when the history is the first frame repeated (a mouth that never
-  moves): what the transcript gives once the history stops showing the mouth, as on a model's own still rollout;
+  moves): what the transcript gives when the history does not show the timing;
 - ``own_motion`` and ``still_motion``: how far the estimate's mouth moves (its opening's std over time, px; real
-  clips ~1.5). A model that takes its mouth from the history moves it with a real history and not with a still one:
-  sampling on its own history then stays still (docs/benchmarks.md, "Stage 1 knows the transcript").
+  clips ~1.5). A model that takes its mouth from the history moves it with a real history and not with a still one;
+  sampled on its own history, it then continues whatever that history shows (docs/benchmarks.md, "Stage 1 knows the
+  transcript"; ``benchmarks/history_sampling.py`` samples on each history).
 
 One forward pass per level for a batch of whole clips: cheap enough to run on every checkpoint of a run, which the
 full sampler (``lightning-mf evaluate --swapped``, the final word) is not on a CPU.
