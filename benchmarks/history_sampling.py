@@ -31,6 +31,7 @@ from lightning_mf.data.shards import read_index
 from lightning_mf.flow import grid
 from lightning_mf.lit.base import SamplerConfig
 from lightning_mf.metrics.oracle import lag_correlations, mouth_opening
+from lightning_mf.metrics.scoring import copy_first_frame
 from lightning_mf.objectives.flow_matching import TeacherForced
 from lightning_mf.sampling.samplers import guided, integrate
 from lightning_mf.tools.evaluate import load_module
@@ -60,8 +61,7 @@ def sample_on(module, clips, history: str, cfg: float, ctx_s: float, seed: int =
         return module.generate(clips, sampler=sampler)["video"]
     x0 = module.seq.encode(clips)
     if history == "still":
-        first = clips.video[:, :1].expand_as(clips.video).contiguous()
-        x0 = module.seq.encode(dataclasses.replace(clips, video=first))
+        x0 = module.seq.encode(dataclasses.replace(clips, video=copy_first_frame(clips, ("video",))["video"]))
     generator = torch.Generator().manual_seed(seed)
     noise = {m: torch.randn(x.shape, generator=generator) for m, x in x0.items()}
     net = module.ema if module.ema is not None else module.net

@@ -32,7 +32,7 @@ from lightning_mf.batch import AVBatch
 from lightning_mf.flow import interpolate, x0_from_velocity
 from lightning_mf.lit.base import FlowModule
 from lightning_mf.metrics.oracle import lag_correlations, mouth_opening
-from lightning_mf.metrics.scoring import swap_transcripts
+from lightning_mf.metrics.scoring import copy_first_frame, swap_transcripts
 from lightning_mf.objectives.flow_matching import TeacherForced
 
 __all__ = ["transcript_probe"]
@@ -60,8 +60,7 @@ def transcript_probe(module: FlowModule, clips: AVBatch, levels: tuple[float, ..
     noise = {m: torch.randn(x.shape, generator=generator, device=x.device) for m, x in x0.items()}
     colours = torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32)
     prefix = module.prefix(clips)
-    first = clips.video[:, :1].expand_as(clips.video).contiguous()  # (B, T, 3, H, W): the first frame, never moving
-    still = module.seq.encode(dataclasses.replace(clips, video=first))
+    still = module.seq.encode(dataclasses.replace(clips, video=copy_first_frame(clips, ("video",))["video"]))  # never moves
 
     def opening(conditions: AVBatch, s: float, history: dict[str, torch.Tensor] = x0) -> torch.Tensor:
         noisy = {m: interpolate(x, noise[m], s) for m, x in x0.items()}
