@@ -372,10 +372,11 @@ class FlowModule(L.LightningModule):
     def stream_chunks(
         self, prefix: dict[str, Tokens] | None, cond: Cond | Callable[[int], Cond] | None, batch: int, num_chunks: int,
         sampler: SamplerConfig | None = None, generator: torch.Generator | None = None,
+        substitute: Callable[[int, dict[str, Tensor]], dict[str, Tensor]] | None = None,
     ) -> Iterator[dict[str, Tensor]]:
         """Chunk tokens ``{m: (B, n, C)}`` streamed in the sampler's mode (default: the module's ``sampler``) with its
         weights (EMA or online), grid, guidance, window and context level; noise from ``generator`` (default: one
-        seeded with ``sampler.seed``)."""
+        seeded with ``sampler.seed``); ``substitute``: see :func:`~lightning_mf.sampling.streaming.stream`."""
         sampler = sampler or self.sampler
         net = self.ema if sampler.use_ema and self.ema is not None else self.net
         if generator is None:
@@ -383,7 +384,7 @@ class FlowModule(L.LightningModule):
         return stream(
             net, self.seq, partial(integrate, grid=sampler.grid(), heun=sampler.heun), num_chunks=num_chunks, batch=batch,
             prefix=prefix, cond=cond, cfg_scale=sampler.guidance, cfg_above=sampler.cfg_above, window=sampler.window,
-            ctx_s=sampler.ctx_s, generator=generator, device=self.device,
+            ctx_s=sampler.ctx_s, generator=generator, device=self.device, substitute=substitute,
         )
 
     def generate(

@@ -46,6 +46,7 @@ def stream(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     on_write: Callable[[AV], None] | None = None,
+    substitute: Callable[[int, AV], AV] | None = None,
 ) -> Iterator[AV]:
     """Yield ``{m: (B, tokens_per_chunk, C)}`` for chunks 1..num_chunks of every modality of ``seq``.
 
@@ -65,6 +66,8 @@ def stream(
         generator: source of all noise (initial and context), so a seeded generator makes the stream deterministic.
         on_write: called with each chunk as written to the cache (noised to ``ctx_s``): the context that later
             chunks saw, which a training step on this stream must condition on.
+        substitute: ``substitute(k, x) -> x'`` replaces chunk k's sample before it is written and yielded: an oracle
+            for experiments (e.g. the real chunk k, to see whether one bad chunk derails the rest of a stream).
     """
     cond_of = cond if callable(cond) else (lambda k: cond)
     guide = cfg_scale != 1.0 and cond_of(1) is not None
@@ -100,6 +103,8 @@ def stream(
             for m in seq.modalities
         }
         x = sample(velocity, noise)
+        if substitute is not None:
+            x = substitute(k, x)
         context = x if ctx_s == 0.0 else {
             m: interpolate(v, torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype), ctx_s) for m, v in x.items()
         }

@@ -67,10 +67,52 @@ def test_history_sampling_samples_each_chunk_on_the_real_or_a_still_history() ->
     clips = _clips(range(6))
     module = UniModalPretraining(modality="video", tower=TowerConfig(dim=32, depth=1, heads=2), codec=CodecConfig(patch=4, tubelet=2))
     module.net = module.ema = CopiesTheHistory(module.seq)
-    real = scores(sample_on(module, clips, "real", cfg=1.0, ctx_s=0.0), clips)
+    real = scores(sample_on(module, clips, "real", cfg=1.0, ctx_s=0.0), clips, module.spec.frames_per_chunk)
     assert real["video_r"] > 0.95 and real["l1_to_real"] < 1.0  # the real frames, to rounding
     truth = mouth_opening(clips.video, torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32))
     assert real["mouth_motion"] == pytest.approx(float(truth.std(dim=1).mean()), rel=0.05)
     still = sample_on(module, clips, "still", cfg=1.0, ctx_s=0.0)
     assert (still.float() - clips.video[:, :1].float()).abs().mean() < 1.0  # every frame is the first
-    assert scores(still, clips)["mouth_motion"] < 0.05
+    assert scores(still, clips, module.spec.frames_per_chunk)["mouth_motion"] < 0.05
+
+
+def test_history_sampling_own_history_with_every_chunk_real_is_the_real_history() -> None:
+    """The oracle of ``--real-chunks``: streamed on its own history with every chunk replaced by the real one, the
+    model samples each chunk exactly as on the real (teacher-forced) history, from the same noise. One real chunk
+    changes the chunks after it and none before, and the frames scored are the model's own, not the real ones."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from history_sampling import sample_on, scores
+
+    from lightning_mf.flow import grid
+    from lightning_mf.objectives.flow_matching import TeacherForced
+    from lightning_mf.sampling.samplers import integrate
+    from tests.models.tiny_models import randomize
+
+    clips = _clips(range(3))
+    module = UniModalPretraining(
+        modality="video", tower=TowerConfig(dim=32, depth=2, heads=2, first_frame_input=True, transcript_track=True),
+        codec=CodecConfig(patch=4, tubelet=2), ema_decay=None,
+    )
+    randomize(module.net, std=0.2, seed=1).eval()
+    chunks, n = module.seq.num_chunks(clips), module.seq.tokens_per_chunk("video")
+    everything = tuple(range(1, chunks + 1))
+    own_real = sample_on(module, clips, "own", cfg=1.0, ctx_s=0.0, real_chunks=everything)
+    # the real history from the noise streaming draws: one (B, n, C) block per chunk from a generator seeded 0
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.cat([torch.randn(clips.size, n, module.seq.token_dim("video"), generator=generator) for _ in everything], dim=1)
+    x0 = module.seq.encode(clips)
+    with torch.no_grad():
+        teacher = TeacherForced(module.net, module.seq, x0, module.prefix(clips), module.condition(clips))
+        out = integrate(teacher, {"video": noise}, grid(50, 3.0, few=False))
+    real_history = module.seq.decode(out)["video"]
+    assert (own_real.float() - real_history.float()).abs().max() <= 1  # uint8 rounding of a float32 difference
+    assert (own_real.float() - clips.video.float()).abs().mean() > 20  # the model's samples, not the real frames
+
+    own = sample_on(module, clips, "own", cfg=1.0, ctx_s=0.0)
+    second_real = sample_on(module, clips, "own", cfg=1.0, ctx_s=0.0, real_chunks=(2,))
+    per = module.spec.frames_per_chunk
+    assert torch.equal(second_real[:, : 2 * per], own[:, : 2 * per])  # chunks 1-2: the same samples
+    assert (second_real[:, 2 * per :].float() - own[:, 2 * per :].float()).abs().mean() > 1  # the history changed them (0 if substituted after the stream)
+    scored = scores(second_real, clips, per, first_chunk=3)
+    assert scored["from_chunk"] == 3 and len(scored["l1_per_chunk"]) == chunks
+    assert scored["l1_to_real"] == pytest.approx(sum(scored["l1_per_chunk"][2:]) / (chunks - 2), abs=0.1)
