@@ -75,10 +75,9 @@ def sample_on(module, clips, history: str, cfg: float, ctx_s: float, seed: int =
 
         def substitute(k: int, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             made.append(x["video"])
-            return {"video": real[:, (k - 1) * n : k * n]} if k in real_chunks else x
+            return x | {"video": real[:, (k - 1) * n : k * n]} if k in real_chunks else x  # a joint model keeps its audio
 
-        generator = torch.Generator(device=module.device).manual_seed(sampler.seed)
-        for _ in module.stream_chunks(module.prefix(clips), module.condition(clips), clips.size, module.seq.num_chunks(clips), sampler, generator, substitute):
+        for _ in module.stream_chunks(module.prefix(clips), module.condition(clips), clips.size, module.seq.num_chunks(clips), sampler, substitute=substitute):
             pass
         return module.seq.decode({"video": torch.cat(made, dim=1)})["video"]
     x0 = module.seq.encode(clips)

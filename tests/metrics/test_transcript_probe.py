@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from test_swapped_transcripts import _clips
 
-from lightning_mf.lit import UniModalPretraining
+from lightning_mf.lit import JointTraining, UniModalPretraining
 from lightning_mf.lit.base import CodecConfig
 from lightning_mf.metrics.oracle import mouth_opening
 from lightning_mf.metrics.transcript_probe import transcript_probe
@@ -116,3 +116,5 @@ def test_history_sampling_own_history_with_every_chunk_real_is_the_real_history(
     scored = scores(second_real, clips, per, first_chunk=3)
     assert scored["from_chunk"] == 3 and len(scored["l1_per_chunk"]) == chunks
     assert scored["l1_to_real"] == pytest.approx(sum(scored["l1_per_chunk"][2:]) / (chunks - 2), abs=0.1)
+    joint = JointTraining(tower=TowerConfig(dim=32, depth=1, heads=2), codec=CodecConfig(patch=4, tubelet=2), ema_decay=None)
+    assert sample_on(joint, clips, "own", cfg=1.0, ctx_s=0.0, real_chunks=(2,)).shape == clips.video.shape  # audio kept
