@@ -36,8 +36,9 @@ import torch
 from lightning_mf.data.shards import read_index
 from lightning_mf.flow import grid
 from lightning_mf.lit.base import SamplerConfig
-from lightning_mf.metrics.oracle import lag_correlations, mouth_opening
+from lightning_mf.metrics.oracle import mouth_opening
 from lightning_mf.metrics.scoring import copy_first_frame
+from lightning_mf.metrics.transcript_probe import mouth_colours, mouth_r, mouth_truth
 from lightning_mf.objectives.flow_matching import TeacherForced
 from lightning_mf.sampling.samplers import guided, integrate
 from lightning_mf.tools.evaluate import load_module
@@ -51,13 +52,11 @@ HISTORIES = ("real", "still", "own")
 def scores(video: torch.Tensor, clips, per_chunk: int, first_chunk: int = 1) -> dict[str, Any]:
     """Mouth r, mouth motion and |frame - real| over chunks ``first_chunk..`` (1-based), and |frame - real| per chunk."""
     start = (first_chunk - 1) * per_chunk  # first frame scored
-    truth = torch.tensor([m["ground_truth"]["mouth_open"] for m in clips.meta], dtype=torch.float32)[:, start:]  # (B, T')
-    colours = torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32)
-    opening = mouth_opening(video[:, start:], colours)  # (B, T')
+    opening = mouth_opening(video[:, start:], mouth_colours(clips))  # (B, T')
     error = (video.float() - clips.video.float()).abs().mean(dim=(0, 2, 3, 4))  # (T,)
     return {
         "from_chunk": first_chunk,
-        "video_r": float(lag_correlations(truth, opening, 0)[0][:, 0].mean()),
+        "video_r": mouth_r(mouth_truth(clips)[:, start:], opening),
         "mouth_motion": float(opening.std(dim=1).mean()),
         "l1_to_real": float(error[start:].mean()),
         "l1_per_chunk": [round(float(e), 1) for e in error.view(-1, per_chunk).mean(1)],

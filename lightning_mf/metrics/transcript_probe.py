@@ -35,15 +35,22 @@ from lightning_mf.metrics.oracle import lag_correlations, mouth_opening
 from lightning_mf.metrics.scoring import copy_first_frame, swap_transcripts
 from lightning_mf.objectives.flow_matching import TeacherForced
 
-__all__ = ["transcript_probe"]
+__all__ = ["mouth_colours", "mouth_r", "mouth_truth", "transcript_probe"]
 
 
-def _truth(clips: AVBatch) -> torch.Tensor:
+def mouth_truth(clips: AVBatch) -> torch.Tensor:
+    """The ground-truth mouth opening (B, T) of synthetic clips."""
     return torch.tensor([m["ground_truth"]["mouth_open"] for m in clips.meta], dtype=torch.float32)
 
 
-def _r(truth: torch.Tensor, opening: torch.Tensor) -> float:
-    corrs, _ = lag_correlations(truth, opening, 0)  # (B, 1): lag 0 only; 0 where a series is constant
+def mouth_colours(clips: AVBatch) -> torch.Tensor:
+    """Each synthetic clip's mouth colour (B, 3), 0..255: what ``oracle.mouth_opening`` looks for."""
+    return torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32)
+
+
+def mouth_r(truth: torch.Tensor, opening: torch.Tensor) -> float:
+    """Mean over clips of the lag-0 correlation of two (B, T) mouth series (0 where a series is constant)."""
+    corrs, _ = lag_correlations(truth, opening, 0)  # (B, 1)
     return float(corrs[:, 0].mean())
 
 
@@ -58,7 +65,7 @@ def transcript_probe(module: FlowModule, clips: AVBatch, levels: tuple[float, ..
     x0 = module.seq.encode(clips)
     generator = torch.Generator(device=clips.video.device).manual_seed(seed)
     noise = {m: torch.randn(x.shape, generator=generator, device=x.device) for m, x in x0.items()}
-    colours = torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32)
+    colours = mouth_colours(clips)
     prefix = module.prefix(clips)
     still = module.seq.encode(dataclasses.replace(clips, video=copy_first_frame(clips, ("video",))["video"]))  # never moves
 
@@ -71,10 +78,10 @@ def transcript_probe(module: FlowModule, clips: AVBatch, levels: tuple[float, ..
     out = {}
     for s in levels:
         own, other, unmoving = opening(clips, s), opening(swapped, s), opening(clips, s, still)
-        out[f"s{s:g}_own"] = _r(_truth(clips), own)
-        out[f"s{s:g}_given"] = _r(_truth(swapped), other)
-        out[f"s{s:g}_frame_clip"] = _r(_truth(clips), other)
-        out[f"s{s:g}_still"] = _r(_truth(clips), unmoving)
+        out[f"s{s:g}_own"] = mouth_r(mouth_truth(clips), own)
+        out[f"s{s:g}_given"] = mouth_r(mouth_truth(swapped), other)
+        out[f"s{s:g}_frame_clip"] = mouth_r(mouth_truth(clips), other)
+        out[f"s{s:g}_still"] = mouth_r(mouth_truth(clips), unmoving)
         out[f"s{s:g}_own_motion"] = float(own.std(dim=1).mean())
         out[f"s{s:g}_still_motion"] = float(unmoving.std(dim=1).mean())
     return out

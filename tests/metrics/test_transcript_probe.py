@@ -13,7 +13,7 @@ from test_swapped_transcripts import _clips
 from lightning_mf.lit import JointTraining, UniModalPretraining
 from lightning_mf.lit.base import CodecConfig
 from lightning_mf.metrics.oracle import mouth_opening
-from lightning_mf.metrics.transcript_probe import transcript_probe
+from lightning_mf.metrics.transcript_probe import mouth_colours, transcript_probe
 from lightning_mf.models import TowerConfig
 from lightning_mf.sequence import AVSequencer
 
@@ -48,7 +48,7 @@ def test_a_model_that_copies_its_history_follows_the_frame_clip_not_the_transcri
         assert scores[f"s{s}_given"] < 0.4  # another clip's timing explains them no better than chance
         # with the first frame as its whole history it copies a mouth that never moves: no timing, no motion
         assert scores[f"s{s}_still"] == 0.0 and scores[f"s{s}_still_motion"] < 0.05
-        real = mouth_opening(clips.video, torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32))
+        real = mouth_opening(clips.video, mouth_colours(clips))
         assert scores[f"s{s}_own_motion"] == pytest.approx(float(real.std(dim=1).mean()), rel=0.1)  # the real clips' motion
 
 
@@ -69,7 +69,7 @@ def test_history_sampling_samples_each_chunk_on_the_real_or_a_still_history() ->
     module.net = module.ema = CopiesTheHistory(module.seq)
     real = scores(sample_on(module, clips, "real", cfg=1.0, ctx_s=0.0), clips, module.spec.frames_per_chunk)
     assert real["video_r"] > 0.95 and real["l1_to_real"] < 1.0  # the real frames, to rounding
-    truth = mouth_opening(clips.video, torch.tensor([m["ground_truth"]["identity"]["mouth"] for m in clips.meta], dtype=torch.float32))
+    truth = mouth_opening(clips.video, mouth_colours(clips))
     assert real["mouth_motion"] == pytest.approx(float(truth.std(dim=1).mean()), rel=0.05)
     still = sample_on(module, clips, "still", cfg=1.0, ctx_s=0.0)
     assert (still.float() - clips.video[:, :1].float()).abs().mean() < 1.0  # every frame is the first
@@ -116,5 +116,10 @@ def test_history_sampling_own_history_with_every_chunk_real_is_the_real_history(
     scored = scores(second_real, clips, per, first_chunk=3)
     assert scored["from_chunk"] == 3 and len(scored["l1_per_chunk"]) == chunks
     assert scored["l1_to_real"] == pytest.approx(sum(scored["l1_per_chunk"][2:]) / (chunks - 2), abs=0.1)
+    blacked = clips.video.clone()
+    blacked[:, : 2 * per] = 0  # chunks 1-2 wrong, the rest the real frames
+    tail = scores(blacked, clips, per, first_chunk=3)
+    assert tail["l1_to_real"] == 0.0 and tail["video_r"] > 0.95  # only chunks 3.. are scored
+    assert tail["l1_per_chunk"][0] > 50 and tail["l1_per_chunk"][2] == 0.0
     joint = JointTraining(tower=TowerConfig(dim=32, depth=1, heads=2), codec=CodecConfig(patch=4, tubelet=2), ema_decay=None)
     assert sample_on(joint, clips, "own", cfg=1.0, ctx_s=0.0, real_chunks=(2,)).shape == clips.video.shape  # audio kept
