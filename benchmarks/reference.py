@@ -1,7 +1,7 @@
 """The reference experiment (issue 16): does the method do at small scale what the paper claims?
 
     bash benchmarks/reference.sh                      # run + report, resumable (about 2 hours on 2 cores)
-    python benchmarks/reference.py run [--s1-video-steps 1200 ...]
+    python benchmarks/reference.py run [--s1-video-steps 5400 ...]
     python benchmarks/reference.py report --write docs/benchmarks.md
     python benchmarks/reference.py arm NAME [--s3-minutes 4] [TRAINING OPTIONS...]   # one stage-3 arm (about 6 min)
 
@@ -451,7 +451,9 @@ def report(runs: Path, fits: list[Fit], clips: int, write: Path | None, command:
     longs = {f.name: _json(p) for f in fits if (p := runs / f.name / "eval/long.json").exists()}
     claims = targets(results, curve, longs)
     figures = plot(curve, fits, (write.parent if write else runs) / "figures")
-    trained = {f.name: _json(p)["seconds"] / 60 for f in fits if (p := runs / f.name / "done.json").exists()}
+    done = {f.name: _json(p) for f in fits if (p := runs / f.name / "done.json").exists()}
+    trained = {name: d["seconds"] / 60 for name, d in done.items()}
+    notes = [f"- {name}: {d['note']}" for name, d in done.items() if d.get("note")]  # a run trained outside this command
     steps = {f.name: _step(p) for f in fits if (p := runs / f.name / "checkpoints/last.ckpt").exists()}
     budget = "\n".join(f"| {f.name} | {f.stage} | {steps.get(f.name, '-')} | {trained.get(f.name, math.nan):.1f} |" for f in fits)
     long_rows = "\n".join(
@@ -488,6 +490,7 @@ def report(runs: Path, fits: list[Fit], clips: int, write: Path | None, command:
         "",
         "| run | stage | steps | minutes |", "|---|---|---|---|",
         budget,
+        *([""] + notes if notes else []),
         "",
         f"**Long streams**: Few 4, {LONG_SECONDS:g} s ({LONG_SECONDS / 2:g}x the training clips) from {LONG_SECONDS:g} s transcripts, "
         f"{LONG_CLIPS} clips, the KV cache of the training window; first and last {SEGMENT_SECONDS:g} s.",
@@ -512,7 +515,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "data/reference")
     parser.add_argument("--train-clips", type=int, default=384)
     parser.add_argument("--clips", type=int, default=32, help="held-out whole clips each final evaluation generates (as many again are held out)")
-    parser.add_argument("--s1-video-steps", type=int, default=1200)
+    parser.add_argument("--s1-video-steps", type=int, default=5400, help="stage-1 video steps (about 46 min on 2 cores; 1200 before 2026-12-07: its stream broke at the first syllable, docs/benchmarks.md)")
     parser.add_argument("--s1-audio-steps", type=int, default=1200)
     parser.add_argument("--s2-steps", type=int, default=800)
     parser.add_argument("--s3-minutes", type=float, default=4.0)

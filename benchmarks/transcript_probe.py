@@ -34,15 +34,27 @@ def checkpoints(run: Path) -> list[tuple[int, Path]]:
 
 
 def wall_clock(run: Path) -> dict[int, float]:
-    """Seconds since the first logged step, per logged step (from ``train/loss`` in the run's events)."""
+    """Training seconds since the first logged step, per logged step (from ``train/loss`` in the run's events).
+
+    A run resumed with ``--ckpt_path`` writes one events file per piece into the same folder. The time between pieces
+    is not training, so each piece is stitched on after the last step logged before its first, at the piece's own
+    seconds per step; steps a piece logs again (resumed from an earlier checkpoint) take the later piece's times."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    events.Reload()
-    if "train/loss" not in events.Tags()["scalars"]:
-        return {}
-    scalars = events.Scalars("train/loss")
-    return {s.step: s.wall_time - scalars[0].wall_time for s in scalars}
+    pieces = []
+    for path in sorted(run.glob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        if "train/loss" in events.Tags()["scalars"]:
+            pieces.append([(s.step, s.wall_time) for s in events.Scalars("train/loss")])
+    clock: dict[int, float] = {}
+    for piece in sorted(pieces):  # by first step
+        (first, start), (last, end) = piece[0], piece[-1]
+        per_step = (end - start) / (last - first) if last > first else 0.0
+        clock = {step: seconds for step, seconds in clock.items() if step < first}
+        offset = clock[max(clock)] + (first - max(clock)) * per_step if clock else 0.0
+        clock |= {step: offset + wall - start for step, wall in piece}
+    return clock
 
 
 def main() -> None:

@@ -155,3 +155,24 @@ def test_arm_arguments_are_checked_before_anything_runs(tmp_path: Path, args: li
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode != 0 and message.format(tmp=tmp_path) in result.stderr
+
+
+def test_the_wall_clock_of_a_resumed_run_counts_training_not_the_time_between_pieces(tmp_path: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+    from transcript_probe import wall_clock
+
+    def piece(suffix: str, steps: range, start: float, per_step: float) -> None:
+        writer = SummaryWriter(str(tmp_path), filename_suffix=suffix)
+        for step in steps:
+            writer.add_scalar("train/loss", 1.0, step, walltime=start + (step - steps[0]) * per_step)
+        writer.close()
+
+    piece(".a", range(0, 101, 10), 1000.0, 1.0)
+    assert wall_clock(tmp_path) == {step: float(step) for step in range(0, 101, 10)}  # one piece: seconds since its first step
+    piece(".b", range(110, 201, 10), 90_000.0, 2.0)  # resumed a day later, slower: 2 s a step
+    clock = wall_clock(tmp_path)
+    assert clock[100] == 100.0 and clock[110] == 120.0 and clock[200] == 300.0  # not 89 000 s
+    piece(".c", range(160, 201, 10), 200_000.0, 1.0)  # resumed again, from the checkpoint at step 150
+    clock = wall_clock(tmp_path)
+    assert clock[150] == 200.0 and clock[160] == 210.0 and clock[200] == 250.0  # its steps replace the earlier piece's
+    assert sorted(clock) == list(range(0, 201, 10))
