@@ -78,7 +78,9 @@ def test_three_stage_configs_fit_and_predict(tiny_shards: Path, tmp_path: Path) 
         tags = set(EventAccumulator(str(runs / stage)).Reload().Tags()["scalars"])
         assert {"train/loss", "train/dmd" if "dmd" in stage else "train/sc", "val/loss", "eval/fd_frames_few4"} <= tags, stage
     tags = set(EventAccumulator(str(runs / "mutual_forcing")).Reload().Tags()["scalars"])
-    assert {"train/fm", "train/sc", "train/dmd", "train/fake_fm", "eval/oracle_sync_corr_few4", "eval/fd_audio_multi50"} <= tags
+    assert {"train/fm", "train/sc", "eval/oracle_sync_corr_few4", "eval/fd_audio_multi50"} <= tags
+    assert not {"train/dmd", "train/fake_fm"} & tags  # the tiny default: ShortCut only (dmd_weight 0), no fake score
+    assert {"train/dmd", "train/fake_fm"} <= set(EventAccumulator(str(runs / "baseline_dmd_sf")).Reload().Tags()["scalars"])
 
     out = tmp_path / "predictions"
     run([
