@@ -64,10 +64,13 @@ def step_times(steps: int) -> list[str]:
     from lightning_mf.spec import AVSpec
 
     rows = []
-    # each DMD config with a rolled-out history also as it was before DMD reused the rollout, and Mutual Forcing with
-    # the guided teacher it had before issue 16's stage-3 fix (the same run, so the step times compare)
-    plan = [(name, {}) for name in STAGE3] + [(name, {"dmd_sample": "fresh"}) for name in ("mutual_forcing", "baseline_dmd_sf")]
-    plan.append(("mutual_forcing", {"distill_cfg": 3.0}))
+    # Mutual Forcing also with the paper's DMD term (the tiny default drops it since stop 34); each DMD config with a
+    # rolled-out history also as it was before DMD reused the rollout, and Mutual Forcing with the guided teacher it
+    # had before issue 16's stage-3 fix (the same run, so the step times compare)
+    with_dmd = {"sc_weight": 2 / 3, "dmd_weight": 1 / 3}
+    plan = [(name, {}) for name in STAGE3] + [("mutual_forcing", with_dmd)]
+    plan += [("mutual_forcing", with_dmd | {"dmd_sample": "fresh"}), ("baseline_dmd_sf", {"dmd_sample": "fresh"})]
+    plan.append(("mutual_forcing", with_dmd | {"distill_cfg": 3.0}))
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in plan:
             config = yaml.safe_load((REPO / "configs" / "tiny" / f"{name}.yaml").read_text())
@@ -95,7 +98,7 @@ def step_times(steps: int) -> list[str]:
             chunks = args.get("chunks") or [data["window_chunks"]] * 2
             sample = args.get("dmd_sample", "rollout") if args["history"] == "rollout" and args["dmd_weight"] > 0 else "-"
             rows.append(
-                f"| {name} | {args['history']} | {sample} | {args['distill_cfg']:g} | {chunks[0]}-{chunks[1]} | "
+                f"| {name} | {args['history']} | {args['sc_weight']:.2g} : {args['dmd_weight']:.2g} | {sample} | {args['distill_cfg']:g} | {chunks[0]}-{chunks[1]} | "
                 f"{statistics.median(timer.times[3:]) * 1e3:.0f} ms |"
             )
     return rows
@@ -213,11 +216,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     if args.what == "steps":
-        table = "\n".join(["| config | history | DMD sample | teacher CFG | chunks/step | step |", "|---|---|---|---|---|---|"] + step_times(args.steps))
+        table = "\n".join(["| config | history | ShortCut : DMD | DMD sample | teacher CFG | chunks/step | step |", "|---|---|---|---|---|---|---|"] + step_times(args.steps))
         body = (
             f"## Stage-3 training step, tiny configs (batch 8 windows)\n\n`python benchmarks/mutual_forcing.py steps --steps "
             f"{args.steps}` on {machine()}, {time.strftime('%Y-%m-%d')}; median of {args.steps} steps after 3 warm-up "
-            f"steps, random init (rollout, every loss, both optimizers, EMA). DMD sample `rollout`: the rollout's own chunks "
+            f"steps, random init (rollout, every loss, both optimizers, EMA). ShortCut : DMD: the self-distillation weights (Mutual "
+            f"Forcing's default has no DMD term since 2026-12-07, the paper's is 2/3 : 1/3). DMD sample `rollout`: the rollout's own chunks "
             f"(only their last jump again); `fresh`: every chunk sampled anew (before issue 16). Teacher CFG: `distill_cfg`, the "
             f"guidance of the Multi-mode teacher (3 before issue 16's stage-3 fix; at 1 it costs no unconditional pass).\n\n{table}"
         )
