@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from reference import Fit, _segment, evaluate_run, overlay, plan, targets  # noqa: E402
+from reference import Fit, _segment, evaluate_run, overlay, plan, report, targets  # noqa: E402
 
 from lightning_mf.batch import AVBatch  # noqa: E402
 
@@ -176,3 +176,14 @@ def test_the_wall_clock_of_a_resumed_run_counts_training_not_the_time_between_pi
     clock = wall_clock(tmp_path)
     assert clock[150] == 200.0 and clock[160] == 210.0 and clock[200] == 250.0  # its steps replace the earlier piece's
     assert sorted(clock) == list(range(0, 201, 10))
+
+
+def test_the_report_says_which_runs_were_trained_outside_the_command(tmp_path: Path) -> None:
+    (tmp_path / "video_pretrain").mkdir()
+    (tmp_path / "video_pretrain/done.json").write_text(json.dumps({"seconds": 120.0, "note": "resumed in pieces elsewhere"}))
+    (tmp_path / "joint").mkdir()
+    (tmp_path / "joint/done.json").write_text(json.dumps({"seconds": 60.0}))
+    body = report(tmp_path, plan(10, 10, 10, 1.0), 4, None, "cmd")
+    budgets = body[body.index("**Budgets**") : body.index("**Long streams**")]
+    assert "| video_pretrain | stage 1 | - | 2.0 |" in budgets and "| joint | stage 2 | - | 1.0 |" in budgets
+    assert "- video_pretrain: resumed in pieces elsewhere" in budgets and "- joint" not in budgets  # only runs with a note
