@@ -49,6 +49,11 @@ from report import machine, write_section  # noqa: E402
 
 LMF = [sys.executable, "-m", "lightning_mf"]
 GEN_SEEDS = (0, 1, 2)
+# Multi modes with their own target lines: Euler to data, as the issue states the targets, and (stage 2 and Mutual
+# Forcing; stage 1 would add 5 minutes) the same 50 steps with the last a jump from s = 0.3. On the tiny preset the
+# last low-noise Euler steps lose the mouth's timing on the model's own history, and the jump keeps it
+# (docs/benchmarks.md, "Where Multi mode loses the timing").
+MULTI_MODES = {"multi50": "", "multi50jump0.3": " ending in a jump from 0.3"}
 CURVE_CLIPS = 8
 LONG_SECONDS = 10.0
 LONG_CLIPS = 16
@@ -72,14 +77,14 @@ class Fit:
 
 
 def plan(s1_video: int, s1_audio: int, s2: int, s3_minutes: float) -> list[Fit]:
-    multi = ("multi50",)
+    euler, multi = ("multi50",), tuple(MULTI_MODES)
     fits = [
-        Fit("audio_pretrain", "audio_pretrain", "stage 1", steps=s1_audio, final_modes=multi, curve_modes=multi),
-        Fit("video_pretrain", "video_pretrain", "stage 1", steps=s1_video, final_modes=multi, curve_modes=multi, swapped=True),
-        Fit("joint", "joint", "stage 2", steps=s2, final_modes=multi, curve_modes=multi),
+        Fit("audio_pretrain", "audio_pretrain", "stage 1", steps=s1_audio, final_modes=euler, curve_modes=euler),
+        Fit("video_pretrain", "video_pretrain", "stage 1", steps=s1_video, final_modes=euler, curve_modes=euler, swapped=True),
+        Fit("joint", "joint", "stage 2", steps=s2, final_modes=multi, curve_modes=euler),
     ]
     for config, seeds in (("mutual_forcing", (0, 1)), ("baseline_dmd_sf", (0, 1)), ("baseline_shortcut_tf", (0,)), ("baseline_dmd_tf", (0,))):
-        modes = ("few1", "few2", "few4", "few8", "multi50") if config == "mutual_forcing" else ("few4",)
+        modes = ("few1", "few2", "few4", "few8", *multi) if config == "mutual_forcing" else ("few4",)
         for seed in seeds:
             long = config == "mutual_forcing" or (config == "baseline_dmd_sf" and seed == 0)  # 10 s streams: ~1.5 min each
             fits.append(Fit(f"{config}-seed{seed}", config, "stage 3", seed=seed, minutes=s3_minutes, final_modes=modes, long=long))
@@ -177,7 +182,7 @@ def evaluate_run(
             evaluate(ckpt=str(ckpt), data=str(data), modes=missing, num_clips=n, seed=seed, bootstraps=bootstraps, swapped=swapped, out=str(out))
         if done:
             report = _json(folder / name)
-            report["rows"] = _json(out)["rows"] | done  # the rows already scored stay as they were
+            report["rows"] = done | {k: v for k, v in _json(out)["rows"].items() if k not in done}  # the rows already scored stay as they were, first
             out.write_text(json.dumps(report))
             out.replace(folder / name)  # atomic: the cached file is never half written
     if fit.long and "long" in parts and not (folder / "long.json").exists():
@@ -352,29 +357,11 @@ def _interval(rows: list[dict], key: str) -> float:
 
 def targets(results: dict, curve: dict[str, list[dict]], longs: dict[str, dict]) -> list[tuple[str, str, str]]:
     """The claims of issue 16 as (claim, measured, met): read off the finished runs, never adjusted."""
-    def get(name: str, mode: str, key: str) -> float:
-        return _mean(results.get((name, mode), []), key)
-
-    out = []
-    swap = "multi50, another clip's transcript"
-    own, given, frame = get("video_pretrain", "multi50", "video_timing_r"), get("video_pretrain", swap, "video_timing_r"), get("video_pretrain", swap, "video_timing_r_frame_clip")
-    out.append(("stage 1 video follows the transcript (own >= 0.7; swapped >= 0.7 vs it, <= 0.2 vs its frame's clip)",
-                f"{own:.2f}; {given:.2f}, {frame:.2f}", _met(own >= 0.7 and given >= 0.7 and frame <= 0.2)))
-    v, a, s, e = (get("joint", "multi50", k) for k in ("video_timing_r", "audio_timing_r", "oracle_sync_corr", "vowel_error_rate"))
-    out.append(("stage 2 Multi 50 + CFG learns sync (video r, audio r >= 0.7; A-V sync >= 0.6; vowel err <= 0.25)",
-                f"{v:.2f}, {a:.2f}; {s:.2f}; {e:.2f}", _met(v >= 0.7 and a >= 0.7 and s >= 0.6 and e <= 0.25)))
-    few, multi = results.get(("mutual_forcing", "few4"), []), results.get(("mutual_forcing", "multi50"), [])
-    keys = [k for k, _ in TABLE if few and multi and k in few[0] and k in multi[0]]
-    # as good as: inside Multi 50's interval or within 15% of it, or better than it
-    worse = sorted(
-        k for k in keys
-        if abs(_mean(few, k) - _mean(multi, k)) > max(_interval(multi, k), 0.15 * abs(_mean(multi, k))) and not _better(_mean(few, k), _mean(multi, k), k)
-    )
-    out.append(("Few 4 as good as Multi 50 + CFG (every metric inside Multi 50's interval, within 15% of it, or better)",
-                f"{len(keys) - len(worse)}/{len(keys)} metrics ({', '.join(worse) or 'none'} worse)", _met(bool(keys) and not worse)))
-    worse = [k for k in keys if _worse_beyond(multi, results.get(("joint", "multi50"), []), k)]
-    out.append(("the modes help each other (Mutual Forcing's Multi 50 no worse than stage 2's beyond the intervals)",
-                f"worse on {', '.join(worse) or 'nothing'}", _met(bool(keys) and not worse)))
+    out, few = [], results.get(("mutual_forcing", "few4"), [])
+    for mode in MULTI_MODES:  # the Euler sampler as the issue states it, then the one ending in a jump (if scored)
+        if mode != "multi50" and not any(m == mode for _, m in results):
+            continue
+        out += _multi_targets(results, mode)
     compare = ("fd_motion", "fd_audio", "oracle_sync_corr", "drift_mean")
     for baseline in ("baseline_dmd_sf", "baseline_shortcut_tf", "baseline_dmd_tf"):
         base = results.get((baseline, "few4"), [])
@@ -395,6 +382,35 @@ def targets(results: dict, curve: dict[str, list[dict]], longs: dict[str, dict])
             s = long.get("last_oracle_sync_corr", math.nan) / long.get("first_oracle_sync_corr", math.nan)
             out.append((f"{name}: 10 s Few 4 stream (last window's drift <= 1.5x the first; last 2 s A-V sync >= 0.8x the first)",
                         f"drift {d:.2f}x; sync {s:.2f}x", _met(d <= 1.5 and s >= 0.8)))
+    return out
+
+
+def _multi_targets(results: dict, mode: str) -> list[tuple[str, str, str]]:
+    """The claims that read a Multi mode: stage 1 (where scored in that mode), stage 2, Few 4 against Multi 50, the
+    modes together."""
+    def get(name: str, row: str, key: str) -> float:
+        return _mean(results.get((name, row), []), key)
+
+    label, swap, out = MULTI_MODES[mode], f"{mode}, another clip's transcript", []
+    if mode == "multi50" or ("video_pretrain", mode) in results:
+        own, given, frame = get("video_pretrain", mode, "video_timing_r"), get("video_pretrain", swap, "video_timing_r"), get("video_pretrain", swap, "video_timing_r_frame_clip")
+        out.append((f"stage 1 video{f' (Multi 50{label})' if label else ''} follows the transcript (own >= 0.7; swapped >= 0.7 vs it, <= 0.2 vs its frame's clip)",
+                    f"{own:.2f}; {given:.2f}, {frame:.2f}", _met(own >= 0.7 and given >= 0.7 and frame <= 0.2)))
+    v, a, s, e = (get("joint", mode, k) for k in ("video_timing_r", "audio_timing_r", "oracle_sync_corr", "vowel_error_rate"))
+    out.append((f"stage 2 Multi 50 + CFG{label} learns sync (video r, audio r >= 0.7; A-V sync >= 0.6; vowel err <= 0.25)",
+                f"{v:.2f}, {a:.2f}; {s:.2f}; {e:.2f}", _met(v >= 0.7 and a >= 0.7 and s >= 0.6 and e <= 0.25)))
+    few, multi = results.get(("mutual_forcing", "few4"), []), results.get(("mutual_forcing", mode), [])
+    keys = [k for k, _ in TABLE if few and multi and k in few[0] and k in multi[0]]
+    # as good as: inside Multi 50's interval or within 15% of it, or better than it
+    worse = sorted(
+        k for k in keys
+        if abs(_mean(few, k) - _mean(multi, k)) > max(_interval(multi, k), 0.15 * abs(_mean(multi, k))) and not _better(_mean(few, k), _mean(multi, k), k)
+    )
+    out.append((f"Few 4 as good as Multi 50 + CFG{label} (every metric inside Multi 50's interval, within 15% of it, or better)",
+                f"{len(keys) - len(worse)}/{len(keys)} metrics ({', '.join(worse) or 'none'} worse)", _met(bool(keys) and not worse)))
+    worse = [k for k in keys if _worse_beyond(multi, results.get(("joint", mode), []), k)]
+    out.append((f"the modes help each other (Mutual Forcing's Multi 50{label} no worse than stage 2's beyond the intervals)",
+                f"worse on {', '.join(worse) or 'nothing'}", _met(bool(keys) and not worse)))
     return out
 
 

@@ -88,17 +88,30 @@ def sample_noise_levels(
     return _shift(s, shift).clamp(eps, 1 - eps)
 
 
-def grid(steps: int, shift: float = 1.0, *, few: bool) -> list[tuple[float, float, float]]:
+def grid(steps: int, shift: float = 1.0, *, few: bool, jump_from: float = 0.0) -> list[tuple[float, float, float]]:
     """``(s, step, d)`` triples from s = 1 to s = 0 on ``shift(linspace(1, 0, steps + 1))`` (METHOD §1, §5).
 
     Few and Multi mode share the update ``x <- x - step * u``; only ``d`` differs: Few mode tells the network the
     jump (``d = step``), Multi mode tells it ``d = 0``. Levels are computed in float64 and the ends are pinned to
     exactly 1 and 0, so the steps sum to 1 and sampling ends on data.
+
+    ``jump_from > 0`` (Multi mode): ``steps - 1`` steps on the same shifted spacing cover ``[1, jump_from]`` and the
+    last one goes from ``jump_from`` to 0, i.e. it returns the clean estimate there. On its own streamed history a
+    tiny model's last low-noise Euler steps lose the mouth's timing and add drift (docs/benchmarks.md, "Where Multi
+    mode loses the timing").
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(
             f"steps must be an integer >= 1 (jumps in Few mode, Euler/Heun steps in Multi), got steps={steps!r}"
         )
-    levels = _shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).tolist()
+    if not 0.0 <= jump_from < 1.0:
+        raise ValueError(f"jump_from is a noise level in [0, 1) (0: no jump), got jump_from={jump_from!r}")
+    if few and jump_from > 0.0:
+        raise ValueError(f"jump_from={jump_from} is for Multi mode: every Few-mode step is already a jump")
+    if jump_from > 0.0 and steps > 1:
+        above = _shift(torch.linspace(1.0, 0.0, steps, dtype=torch.float64), shift)  # steps - 1 steps over [1, 0]
+        levels = (jump_from + (1.0 - jump_from) * above).tolist() + [0.0]  # ... squeezed onto [1, jump_from]
+    else:
+        levels = _shift(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).tolist()
     levels[0], levels[-1] = 1.0, 0.0  # k / (1 + (k - 1)) can round away from 1 for some k
     return [(a, a - b, (a - b) if few else 0.0) for a, b in zip(levels[:-1], levels[1:])]

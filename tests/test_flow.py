@@ -59,6 +59,31 @@ def test_grid_walks_from_noise_to_data_and_only_few_mode_tells_the_jump(steps: i
         assert [b[0] for b in g[1:]] == pytest.approx([a[0] - a[1] for a in g[:-1]], abs=1e-15)  # contiguous steps
 
 
+@pytest.mark.parametrize("steps", [2, 4, 50])
+@pytest.mark.parametrize("jump_from", [0.3, 0.5])
+def test_a_multi_grid_with_jump_from_squeezes_its_steps_above_the_level_and_jumps_to_data(steps: int, jump_from: float) -> None:
+    g = grid(steps, 3.0, few=False, jump_from=jump_from)
+    above = shift(torch.linspace(1, 0, steps, dtype=torch.float64), 3.0)  # steps - 1 steps on the usual spacing
+    assert len(g) == steps and g[0][0] == 1.0 and all(d == 0.0 for _, _, d in g)
+    assert [s for s, _, _ in g] == pytest.approx((jump_from + (1 - jump_from) * above).tolist(), abs=1e-15)
+    assert g[-1] == (jump_from, jump_from, 0.0)  # one step from the level straight to data
+    assert all(s > jump_from for s, _, _ in g[:-1])
+    assert sum(step for _, step, _ in g) == pytest.approx(1.0, abs=1e-14)
+    assert [b[0] for b in g[1:]] == pytest.approx([a[0] - a[1] for a in g[:-1]], abs=1e-15)
+    assert grid(1, 3.0, few=False, jump_from=jump_from) == grid(1, 3.0, few=False)  # one step is already a jump
+    assert grid(steps, 3.0, few=False, jump_from=0.0) == grid(steps, 3.0, few=False)
+
+
+@pytest.mark.parametrize(("jump_from", "few", "message"), [
+    (1.0, False, r"jump_from is a noise level in \[0, 1\) .*got jump_from=1.0"),
+    (-0.1, False, r"jump_from is a noise level in \[0, 1\) .*got jump_from=-0.1"),
+    (0.3, True, r"jump_from=0.3 is for Multi mode: every Few-mode step is already a jump"),
+])
+def test_grid_rejects_a_jump_outside_the_levels_or_in_few_mode(jump_from: float, few: bool, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        grid(8, 3.0, few=few, jump_from=jump_from)
+
+
 def test_grid_shift_spends_small_steps_near_noise() -> None:
     steps = [step for _, step, _ in grid(8, 3.0, few=True)]
     assert steps[0] < steps[-1] and steps == sorted(steps)

@@ -84,6 +84,26 @@ def test_targets_are_read_off_the_results_as_the_issue_states_them() -> None:
     assert claims["Few 4 beats baseline_dmd_tf Few 4 on >= 3 of FD motion, FD audio, A-V sync, drift"] == ("0/4 (none)", "**not met**")
     assert claims["time to quality: Mutual Forcing reaches DMD-SF's final Few 4 FD motion in <= 0.7x its wall-clock"] == ("0.60x", "met")
     assert claims["mutual_forcing-seed0: 10 s Few 4 stream"] == ("drift 1.40x; sync 0.60x", "**not met**")
+    assert not any("jump" in claim for claim in claims)  # a run without the jump rows gets no lines for them
+
+    jump = "multi50jump0.3"  # its own rows, read as the Euler rows are: stage 2 falls short, the modes now agree
+    results |= {
+        ("video_pretrain", jump): [dict(video_timing_r=0.72)],
+        ("video_pretrain", f"{jump}, another clip's transcript"): [dict(video_timing_r=0.71, video_timing_r_frame_clip=0.1)],
+        ("joint", jump): [dict(video_timing_r=0.65, audio_timing_r=0.9, oracle_sync_corr=0.7, vowel_error_rate=0.2, fd_motion=9.0)],
+        ("mutual_forcing", jump): [dict(**quality | {"oracle_sync_corr": 0.7}, fd_motion_ci95=1.0)],
+    }
+    lines = [line for line in targets(results, curve, longs) if "jump" in line[0]]
+    assert [(claim.split(" (")[0], measured, met) for claim, measured, met in lines] == [
+        ("stage 1 video", "0.72; 0.71, 0.10", "met"),
+        ("stage 2 Multi 50 + CFG ending in a jump from 0.3 learns sync", "0.65, 0.90; 0.70; 0.20", "**not met**"),
+        ("Few 4 as good as Multi 50 + CFG ending in a jump from 0.3", "2/4 metrics (fd_audio, oracle_sync_corr worse)", "**not met**"),
+        ("the modes help each other", "worse on nothing", "met"),
+    ]
+    assert "Multi 50 ending in a jump from 0.3" in lines[0][0] and "Multi 50 ending in a jump from 0.3" in lines[3][0]
+    assert len(targets(results, curve, longs)) == len(claims) + 4  # the Euler lines are still there, unchanged
+    del results[("video_pretrain", jump)]  # the reference run scores the jump in stages 2-3 only: no stage-1 line for it
+    assert [claim.split(" (")[0] for claim, _, _ in targets(results, curve, longs) if "jump" in claim][0].startswith("stage 2")
 
 
 def test_a_long_stream_segment_keeps_frames_audio_and_truth_aligned() -> None:
@@ -123,6 +143,7 @@ def test_a_cached_evaluation_gains_the_modes_asked_for_later_and_keeps_its_rows(
     assert calls == [(("multi50",), 1), (("multi50",), 2)]  # only the Multi rows the larger --multi-seeds adds
     merged = json.loads((folder / "final-seed1.json").read_text())
     assert merged["rows"] == {"few4": {"fd_clips": 7.0}, "real (held-out)": {"fd_clips": 1.0}, "multi50": {"fd_clips": 11.0}}
+    assert list(merged["rows"]) == ["few4", "real (held-out)", "multi50"]  # added rows come after the cached ones
     assert sorted(p.name for p in folder.iterdir()) == ["final-seed0.json", "final-seed1.json", "final-seed2.json"]
     calls.clear()
     evaluate_run(fit, tmp_path, tmp_path, tmp_path, clips=4, multi_seeds=3, parts=("final",))

@@ -70,6 +70,8 @@ class SamplerConfig:
         cfg_above: guide only the steps whose noise level is above this (a guidance interval; 0 = every step). The
             last, low-noise steps' guidance makes most of guided sampling's drift (docs/benchmarks.md).
         heun: Heun (2nd order) instead of Euler for Multi steps (Few jumps are never corrected).
+        jump_from: Multi mode: the last step jumps from this noise level to 0 (the clean estimate there), the other
+            ``steps - 1`` cover ``[1, jump_from]`` (0 = Euler all the way; ``flow.grid``).
         window: chunks kept in the KV cache besides the first-frame sink (None = all).
         ctx_s: noise level at which generated chunks are written to the cache.
         seed: seed of the initial noise.
@@ -82,6 +84,7 @@ class SamplerConfig:
     cfg_scale: float | None = None
     cfg_above: float = 0.0
     heun: bool = False
+    jump_from: float = 0.0
     window: int | None = None
     ctx_s: float = 0.0
     seed: int = 0
@@ -92,6 +95,7 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.mode must be 'multi' or 'few', got {self.mode!r}")
         if not 0.0 <= self.cfg_above < 1.0:
             raise ValueError(f"SamplerConfig.cfg_above is a noise level in [0, 1) (1 never guides), got {self.cfg_above}")
+        self.grid()  # fails early on a bad jump_from (outside [0, 1), or set in Few mode)
 
     @property
     def guidance(self) -> float:
@@ -101,7 +105,7 @@ class SamplerConfig:
         return 3.0 if self.mode == "multi" else 1.0
 
     def grid(self) -> list[tuple[float, float, float]]:
-        return grid(self.steps, self.shift, few=self.mode == "few")
+        return grid(self.steps, self.shift, few=self.mode == "few", jump_from=self.jump_from)
 
     def nfe(self) -> int:
         """Network evaluations per chunk, CFG counted twice (METHOD §5); the cache writes add one more (two with CFG,

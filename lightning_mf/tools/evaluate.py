@@ -42,15 +42,19 @@ def load_module(ckpt: str) -> FlowModule:
 
 def parse_mode(mode: str, cfg_scale: float, shift: float, cfg_above: float = 0.0) -> SamplerConfig:
     """``multi50`` -> Multi mode, 50 Euler steps with CFG ``cfg_scale`` (above noise level ``cfg_above``);
-    ``multi50heun`` -> Heun; ``few4`` -> Few mode, 4 jumps without CFG (Mutual Forcing distils it in)."""
-    match = re.fullmatch(r"(multi|few)(\d+)(heun)?", mode)
-    if match is None or (match.group(1) == "few" and match.group(3)):
-        raise ValueError(f"--modes: unknown mode {mode!r}; use multi<steps>[heun] or few<jumps>, e.g. multi50, multi25heun, few4")
+    ``multi50heun`` -> Heun; ``multi50jump0.3`` -> the 50th step jumps from s = 0.3 to data (``SamplerConfig.jump_from``);
+    ``few4`` -> Few mode, 4 jumps without CFG (Mutual Forcing distils it in)."""
+    match = re.fullmatch(r"(multi|few)(\d+)(heun)?(?:jump(0?\.\d+))?", mode)
+    if match is None or (match.group(1) == "few" and (match.group(3) or match.group(4))):
+        raise ValueError(
+            f"--modes: unknown mode {mode!r}; use multi<steps>[heun][jump<level>] or few<jumps>, e.g. multi50, multi25heun, "
+            "multi50jump0.3, few4"
+        )
     kind = match.group(1)
     multi = kind == "multi"
     return SamplerConfig(
         mode=kind, steps=int(match.group(2)), heun=bool(match.group(3)), cfg_scale=cfg_scale if multi else 1.0, shift=shift,
-        cfg_above=cfg_above if multi else 0.0,
+        cfg_above=cfg_above if multi else 0.0, jump_from=float(match.group(4) or 0.0),
     )
 
 
@@ -82,7 +86,9 @@ def evaluate(
     Args:
         ckpt: checkpoint of a training stage (1, 2 or Mutual Forcing).
         data: shard folder whose validation split gives the conditions (first frames, transcripts).
-        modes: sampling modes: multi50 (Multi mode, 50 Euler steps + CFG), multi25heun, few4 (Few mode, 4 jumps).
+        modes: sampling modes: multi50 (Multi mode, 50 Euler steps + CFG), multi25heun, multi50jump0.3 (the last step
+            a jump from noise level 0.3 to data: on the tiny preset it keeps the timing that the last low-noise Euler
+            steps lose, docs/benchmarks.md), few4 (Few mode, 4 jumps).
         num_clips: clips generated per mode (the reference rows need as many again).
         window_chunks: chunks per generated window; default: whole clips (16 chunks on the tiny preset), so timing
             is scored over speech and pauses alike and not over the clip's first pause.

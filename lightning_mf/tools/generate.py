@@ -63,7 +63,8 @@ def generate(
             required for models with video, unused by audio-only models.
         transcript: JSON list of ``{"token", "start", "end"}`` (seconds from the clip start); None: no speech.
         duration: seconds to generate (rounded to whole video frames; the last chunk is trimmed).
-        mode: few<jumps> (Few mode, no CFG), multi<steps> (Multi mode, Euler, CFG) or multi<steps>heun.
+        mode: few<jumps> (Few mode, no CFG), multi<steps> (Multi mode, Euler, CFG), multi<steps>heun, or
+            multi<steps>jump<level> (the last step a jump from that noise level to data).
         window: chunks kept in the KV cache besides the first-frame sink (None: all, cost grows with length).
         cfg_scale: classifier-free guidance scale of the Multi modes.
         cfg_above: guide the Multi modes only at noise levels above this (0: every step).

@@ -95,3 +95,10 @@ def test_modes_parse_to_samplers_with_their_nfe() -> None:
     assert few_interval.cfg_above == 0.0  # Few mode is never guided
     with pytest.raises(ValueError, match=r"cfg_above is a noise level in \[0, 1\).*got 1.0"):
         parse_mode("multi50", 3.0, 3.0, cfg_above=1.0)
+    jump, heun_jump = parse_mode("multi50jump0.3", 3.0, 3.0), parse_mode("multi25heunjump.5", 1.0, 3.0)
+    assert (jump.jump_from, jump.nfe(), jump.grid()[-1]) == (0.3, 100, (0.3, 0.3, 0.0))  # still 50 steps
+    assert (heun_jump.heun, heun_jump.jump_from, heun_jump.nfe()) == (True, 0.5, 25 + 24)  # the jump is not corrected
+    assert multi.jump_from == 0.0
+    for bad in ("few4jump0.3", "multi50jump", "multi50jump1.5", "multi50jump0.3heun"):
+        with pytest.raises(ValueError, match=rf"unknown mode '{bad}'; use multi<steps>\[heun\]\[jump<level>\] or few<jumps>"):
+            parse_mode(bad, 3.0, 3.0)

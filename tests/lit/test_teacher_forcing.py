@@ -213,6 +213,25 @@ def test_the_sampler_guides_generation_only_above_its_cfg_level(tiny_shards: Pat
     assert calls.count(False) == 2 * 4 and calls.count(True) == 2 * (1 + 2)  # prefix + 2 chunks, in both caches
 
 
+def test_the_sampler_jumps_to_data_from_its_jump_level_in_generation(tiny_shards: Path) -> None:
+    """``SamplerConfig.jump_from`` reaches the stream: Multi 4 steps from 0.5 on evaluate the network at s = 1, then
+    three levels down to 0.5, the last one; Few mode refuses it."""
+    from lightning_mf.lit.base import SamplerConfig
+
+    model = JointTraining(tower=TINY_TOWER, ema_decay=None).eval()
+    batch = _batch(tiny_shards, batch_size=1, window_chunks=1)
+    levels = []
+    model.net.register_forward_hook(
+        lambda module, args, kwargs, out: None if kwargs.get("write") else levels.append(float(args[0]["video"].s[0, 0])), with_kwargs=True,
+    )
+    sampler = SamplerConfig(mode="multi", steps=4, cfg_scale=1.0, jump_from=0.5)
+    model.generate(batch, num_chunks=1, sampler=sampler)
+    assert levels == pytest.approx([s for s, _, _ in sampler.grid()]) and len(levels) == 4
+    assert levels[0] == 1.0 and levels[-1] == pytest.approx(0.5) and min(levels[:-1]) > 0.5
+    with pytest.raises(ValueError, match="jump_from=0.5 is for Multi mode"):
+        SamplerConfig(mode="few", steps=4, jump_from=0.5)
+
+
 def test_delayed_history_rows_see_their_clip_late_and_keep_their_real_targets(tiny_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lightning_mf.lit.teacher_forcing as tf
 

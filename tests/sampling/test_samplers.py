@@ -111,6 +111,24 @@ def test_multi_mode_error_is_the_derived_affine_error(gaussians, shapes, heun: b
         assert ((out[m] - exact) - predicted).abs().max() < 1e-12  # i.e. |error| <= |A - sigma| |z| + 1e-12
 
 
+@CASES
+@pytest.mark.parametrize("jump_from", [0.3, 0.5])
+def test_a_multi_grid_with_jump_from_ends_on_the_posterior_mean_at_that_level(gaussians, shapes, jump_from: float) -> None:
+    """The last step ``x - s u(x, s, 0)`` is the denoiser E[x0 | x_s], for Gaussian data ``mu + (1 - s) sigma^2
+    (x_s - (1 - s) mu) / std(s)^2``: a narrower spread than the data's (the jump gives up the detail of the steps below s)."""
+    z, at_level = noise(shapes), {}
+    g = grid(50, 3.0, few=False, jump_from=jump_from)
+    out = integrate(field(gaussians), z, g, callback=lambda i, s, x: at_level.update(x) if i == len(g) - 2 else None)
+    for m, gaussian in gaussians.items():
+        mu, sigma = gaussian.params()
+        assert bool(((at_level[m] - gaussian.path(z[m], jump_from)).abs() < 0.03 * (1 + z[m].abs())).all())  # Euler stayed on the path
+        posterior_mean = mu + (1 - jump_from) * sigma**2 * (at_level[m] - (1 - jump_from) * mu) / gaussian.std(jump_from) ** 2
+        torch.testing.assert_close(out[m], posterior_mean, rtol=0, atol=1e-12)
+        shrink = (1 - jump_from) * sigma / gaussian.std(jump_from)  # std(out) / sigma, below 1
+        predicted = mu + sigma * shrink * z[m]
+        assert bool(((out[m] - predicted).abs() < 0.03 * (1 + z[m].abs())).all()) and bool((shrink < 1).all())
+
+
 def test_multi_mode_error_is_small_and_shrinks_at_each_method_order() -> None:
     sigma = TWO_D["x"].params()[1]  # (0.5, 1.5)
     euler, heun = slope_error(sigma, 50, heun=False), slope_error(sigma, 50, heun=True)
