@@ -49,10 +49,10 @@ from report import machine, write_section  # noqa: E402
 
 LMF = [sys.executable, "-m", "lightning_mf"]
 GEN_SEEDS = (0, 1, 2)
-# Multi modes with their own target lines: Euler to data, as the issue states the targets, and (stage 2 and Mutual
-# Forcing; stage 1 would add 5 minutes) the same 50 steps with the last a jump from s = 0.3. On the tiny preset the
-# last low-noise Euler steps lose the mouth's timing on the model's own history, and the jump keeps it
-# (docs/benchmarks.md, "Where Multi mode loses the timing").
+# Multi modes with their own target lines: Euler to data, as the issue states the targets, and the same 50 steps with
+# the last a jump from s = 0.3, for stage 2 and Mutual Forcing (stage 1's swapped test would score it twice, in a run
+# already near its 2 hours). On the tiny preset the last low-noise Euler steps lose the mouth's timing on the model's
+# own history, and the jump keeps it (docs/benchmarks.md, "Where Multi mode loses the timing").
 MULTI_MODES = {"multi50": "", "multi50jump0.3": " ending in a jump from 0.3"}
 CURVE_CLIPS = 8
 LONG_SECONDS = 10.0
