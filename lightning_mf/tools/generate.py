@@ -53,8 +53,8 @@ def generate(
     Timings, taken after a one-chunk warm-up stream: TTFC (time to first chunk) runs from the start of streaming
     (first-frame prefix included) to the first chunk's tokens; FPS is the streamed video frames (whole chunks) per
     second of streaming, tokens only: decoding tokens to pixels and waveforms (Griffin-Lim) is timed apart
-    (``decode_s``). NFE per chunk counts a CFG step twice; writing each chunk to the KV cache costs one more forward
-    (``cache_nfe_per_chunk``). Returns those numbers, with the written length (``duration_s``, ``frames``,
+    (``decode_s``). NFE per chunk counts a CFG step twice; writing each chunk to the KV cache costs one more forward,
+    two with CFG (``cache_nfe_per_chunk``). Returns those numbers, with the written length (``duration_s``, ``frames``,
     ``audio_samples``: whole frames, the audio ending with the last frame) and ``chunks``.
 
     Args:
@@ -140,7 +140,7 @@ def generate(
         "stream_s": stream_s,
         "decode_s": decode_s,
         "nfe_per_chunk": float(sampler.nfe()),
-        "cache_nfe_per_chunk": 1.0,
+        "cache_nfe_per_chunk": 2.0 if sampler.guidance != 1.0 else 1.0,  # with CFG the unconditional branch writes its own cache
         "chunks": float(chunks),
         "realtime_factor": streamed / spec.fps / stream_s,
     }
@@ -250,7 +250,7 @@ def _print_summary(
     )
     print(
         f"mode {mode} (CFG {guidance:g}), window {window if window is not None else 'all'}, on {device.type}: "
-        f"NFE/chunk {int(r['nfe_per_chunk'])} (+{int(r['cache_nfe_per_chunk'])} cache write)"
+        f"NFE/chunk {int(r['nfe_per_chunk'])} (+{int(r['cache_nfe_per_chunk'])} cache write{'s' if r['cache_nfe_per_chunk'] > 1 else ''})"
     )
     if "first_frame_l1" in r:
         print(f"mean |frame - first frame| {r['first_frame_l1']:.1f} (0-255 levels)")
