@@ -28,6 +28,7 @@ class _Trainer:
 
     def __init__(self, datamodule: AVDataModule) -> None:
         self.datamodule, self.loggers, self.global_step = datamodule, [], 0
+        self.is_global_zero = True
 
 
 def main() -> None:
@@ -46,7 +47,8 @@ def main() -> None:
         write_shards(synthetic_sources("tiny", 16), tmp, summary, val_fraction=0.5, progress=False)
         dm = AVDataModule(root=tmp, spec=spec, window_chunks=args.window_chunks, batch_size=args.clips)
         dm.setup("fit")
-        callback = GenerationEval(num_clips=args.clips, modes={"multi": SamplerConfig(steps=args.steps, cfg_scale=3.0)}, log_media=False)
+        sampler = SamplerConfig(steps=args.steps, cfg_scale=3.0)
+        callback = GenerationEval(num_clips=args.clips, modes={"multi": sampler}, log_media=False)
         trainer = _Trainer(dm)
         started = time.perf_counter()
         callback.on_fit_start(trainer, model)
@@ -54,7 +56,7 @@ def main() -> None:
         started = time.perf_counter()
         scalars = callback.evaluate(trainer, model)
         seconds = time.perf_counter() - started
-    nfe = args.steps * 2 * args.window_chunks + args.window_chunks + 1  # CFG doubles; one cache write per chunk + prefix
+    nfe = args.window_chunks * (sampler.nfe() + sampler.cache_nfe()) + sampler.cache_nfe()  # + the prefix's cache writes
     command = f"python benchmarks/evaluation.py --clips {args.clips} --steps {args.steps} --window-chunks {args.window_chunks}"
     body = (
         f"## Evaluation pass (GenerationEval, tiny joint model 4 x 128)\n\n`{command}` on {machine()}, {time.strftime('%Y-%m-%d')}: "

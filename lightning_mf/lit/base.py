@@ -108,9 +108,13 @@ class SamplerConfig:
         return grid(self.steps, self.shift, few=self.mode == "few", jump_from=self.jump_from)
 
     def nfe(self) -> int:
-        """Network evaluations per chunk, CFG counted twice (METHOD §5); the cache writes add one more (two with CFG,
-        whose unconditional branch keeps its own cache)."""
+        """Network evaluations per chunk, CFG counted twice (METHOD §5); the cache writes add ``cache_nfe``."""
         return nfe(self.grid(), heun=self.heun, cfg=self.guidance != 1.0, cfg_above=self.cfg_above)
+
+    def cache_nfe(self) -> int:
+        """Forwards that write each chunk (and the prefix) to the KV cache: one, two with CFG, whose unconditional
+        branch keeps its own cache (``sampling.streaming.stream``)."""
+        return 2 if self.guidance != 1.0 else 1
 
 
 def paper_adamw(params: Any) -> torch.optim.Optimizer:

@@ -140,7 +140,7 @@ def generate(
         "stream_s": stream_s,
         "decode_s": decode_s,
         "nfe_per_chunk": float(sampler.nfe()),
-        "cache_nfe_per_chunk": 2.0 if sampler.guidance != 1.0 else 1.0,  # with CFG the unconditional branch writes its own cache
+        "cache_nfe_per_chunk": float(sampler.cache_nfe()),
         "chunks": float(chunks),
         "realtime_factor": streamed / spec.fps / stream_s,
     }

@@ -211,6 +211,7 @@ def test_the_sampler_guides_generation_only_above_its_cfg_level(tiny_shards: Pat
     assert sampler.nfe() == 4
     model.generate(batch, num_chunks=2, sampler=sampler)
     assert calls.count(False) == 2 * 4 and calls.count(True) == 2 * (1 + 2)  # prefix + 2 chunks, in both caches
+    assert sampler.cache_nfe() == 2  # what generate reports: the writes per chunk
 
 
 def test_the_sampler_jumps_to_data_from_its_jump_level_in_generation(tiny_shards: Path) -> None:
@@ -220,13 +221,14 @@ def test_the_sampler_jumps_to_data_from_its_jump_level_in_generation(tiny_shards
 
     model = JointTraining(tower=TINY_TOWER, ema_decay=None).eval()
     batch = _batch(tiny_shards, batch_size=1, window_chunks=1)
-    levels = []
+    levels, writes = [], []
     model.net.register_forward_hook(
-        lambda module, args, kwargs, out: None if kwargs.get("write") else levels.append(float(args[0]["video"].s[0, 0])), with_kwargs=True,
+        lambda module, args, kwargs, out: (writes if kwargs.get("write") else levels).append(float(args[0]["video"].s[0, 0])), with_kwargs=True,
     )
     sampler = SamplerConfig(mode="multi", steps=4, cfg_scale=1.0, jump_from=0.5)
     model.generate(batch, num_chunks=1, sampler=sampler)
     assert levels == pytest.approx([s for s, _, _ in sampler.grid()]) and len(levels) == 4
+    assert len(writes) == sampler.cache_nfe() * (1 + 1) == 2  # without CFG one cache: the prefix and the chunk
     assert levels[0] == 1.0 and levels[-1] == pytest.approx(0.5) and min(levels[:-1]) > 0.5
     with pytest.raises(ValueError, match="jump_from=0.5 is for Multi mode"):
         SamplerConfig(mode="few", steps=4, jump_from=0.5)
