@@ -73,7 +73,8 @@ class SamplerConfig:
         jump_from: Multi mode: the last step jumps from this noise level to 0 (the clean estimate there), the other
             ``steps - 1`` cover ``[1, jump_from]`` (0 = Euler all the way; ``flow.grid``).
         window: chunks kept in the KV cache besides the first-frame sink (None = all).
-        ctx_s: noise level at which generated chunks are written to the cache.
+        ctx_s: noise level at which generated chunks are written to the cache. None: the model's own
+            (``FlowModule.ctx_s``, the level its history was trained at).
         seed: seed of the initial noise.
         use_ema: sample with the EMA weights.
     """
@@ -86,7 +87,7 @@ class SamplerConfig:
     heun: bool = False
     jump_from: float = 0.0
     window: int | None = None
-    ctx_s: float = 0.0
+    ctx_s: float | None = None
     seed: int = 0
     use_ema: bool = True
 
@@ -95,6 +96,8 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.mode must be 'multi' or 'few', got {self.mode!r}")
         if not 0.0 <= self.cfg_above < 1.0:
             raise ValueError(f"SamplerConfig.cfg_above is a noise level in [0, 1) (1 never guides), got {self.cfg_above}")
+        if self.ctx_s is not None and not 0.0 <= self.ctx_s < 1.0:
+            raise ValueError(f"SamplerConfig.ctx_s is a noise level in [0, 1) (None: the model's), got {self.ctx_s}")
         self.grid()  # fails early on a bad jump_from (outside [0, 1), or set in Few mode)
 
     @property
@@ -149,6 +152,11 @@ class FlowModule(L.LightningModule):
             counted (``train/nonfinite_steps``); more than this many stop the run with an error (None: never).
         activation_checkpointing: recompute each transformer layer in backward instead of keeping its
             activations (less memory, about one more forward of compute).
+        ctx_s: noise level at which this model's generated chunks are written to the KV cache when it streams
+            (``generate``, ``evaluate``, predict; Mutual Forcing's rollouts too), unless a sampler names its own. Saved
+            with the checkpoint: it belongs to the weights, which must have been trained on a history noised that much
+            (``NoiseSchedule.context_noise``, or stage 3's rollouts). Written clean, errors in the model's last,
+            low-noise steps become history and pile up; at 0.3 on the tiny preset the drift halves (docs/benchmarks.md).
     """
 
     def __init__(
@@ -166,15 +174,18 @@ class FlowModule(L.LightningModule):
         predict_dir: str | None = None,
         max_nonfinite_steps: int | None = 20,
         activation_checkpointing: bool = False,
+        ctx_s: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ctx_s < 1.0:
+            raise ValueError(f"model.ctx_s is a noise level in [0, 1), got {ctx_s}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
         if not 0.0 <= cfg_dropout < 1.0:
             raise ValueError(f"model.cfg_dropout must be in [0, 1), got {cfg_dropout}")
         self.spec, self.tower_config, self.codec_config, self.sampler = spec, tower, codec, sampler
         self.optimizer, self.grad_clip, self.ema_decay, self.cfg_dropout = optimizer, grad_clip, ema_decay, cfg_dropout
-        self.scheduler = scheduler
+        self.scheduler, self.ctx_s = scheduler, ctx_s
         self.predict_dir, self.max_nonfinite_steps = predict_dir, max_nonfinite_steps
         self.seq = AVSequencer(spec, modalities, **asdict(codec))
         wide = {m: self.seq.token_dim(m) for m in self.seq.modalities if self.seq.token_dim(m) > tower.dim}
@@ -392,8 +403,14 @@ class FlowModule(L.LightningModule):
         return stream(
             net, self.seq, partial(integrate, grid=sampler.grid(), heun=sampler.heun), num_chunks=num_chunks, batch=batch,
             prefix=prefix, cond=cond, cfg_scale=sampler.guidance, cfg_above=sampler.cfg_above, window=sampler.window,
-            ctx_s=sampler.ctx_s, generator=generator, device=self.device, substitute=substitute,
+            ctx_s=self.history_level(sampler), generator=generator, device=self.device, substitute=substitute,
         )
+
+    def history_level(self, sampler: SamplerConfig) -> float:
+        """The noise level at which ``sampler`` writes generated chunks to the cache: its own ``ctx_s``, else the
+        model's. So the samplers that tools build from a mode string (``evaluate``, ``generate``) stream the model on
+        the history it was trained to read."""
+        return self.ctx_s if sampler.ctx_s is None else sampler.ctx_s
 
     def generate(
         self, batch: AVBatch, num_chunks: int | None = None, sampler: SamplerConfig | None = None, progress: str | None = None,

@@ -101,7 +101,7 @@ class MutualForcing(TeacherForcing):
             optimisation only). The fake score trains on all of a step's samples after the shared model's step.
         dmd_levels: range of the re-noising level of DMD samples.
         window: KV-cache window in chunks used by the rollout and the training attention (None = all).
-        ctx_s: noise level at which rolled-out chunks are written to the cache.
+        ctx_s: noise level at which rolled-out chunks are written to the cache, and generated ones when it streams.
         control_seed: seed of the choices that change control flow (chunks, grids, ShortCut pairs): drawn from
             ``(control_seed, global_step)``, so every rank makes the same ones without communicating.
         ema_decay: EMA of the shared weights (paper: 0.99 in this stage).
@@ -143,7 +143,7 @@ class MutualForcing(TeacherForcing):
         sampler: SamplerConfig = SamplerConfig(mode="few", steps=4),
         **kwargs: Any,
     ) -> None:
-        super().__init__(ema_decay=ema_decay, sampler=sampler, **kwargs)
+        super().__init__(ema_decay=ema_decay, sampler=sampler, ctx_s=ctx_s, **kwargs)
         self.automatic_optimization = False
         if history not in ("rollout", "sdedit", "real"):
             raise ValueError(f"model.history must be 'rollout', 'sdedit' or 'real', got {history!r}")
@@ -187,7 +187,7 @@ class MutualForcing(TeacherForcing):
         self.accumulate, self._accumulating = accumulate, False
         self._fake_batches: list[FakeBatch] = []  # this step's fake-score data
         self.weights = {"fm": fm_weight, "sc": sd_weight * sc_weight, "dmd": sd_weight * dmd_weight, "anchor": anchor_weight}
-        self.dmd_levels, self.window, self.ctx_s, self.control_seed = dmd_levels, window, ctx_s, control_seed
+        self.dmd_levels, self.window, self.control_seed = dmd_levels, window, control_seed
         self.register_buffer("pairs", shortcut_pairs(tuple(shortcut_steps), few_shift, min_step).float(), persistent=False)
         uses_dmd = self.weights["dmd"] > 0
         if distill_cfg != 1.0 and teacher != "frozen" and (self.weights["sc"] > 0 or uses_dmd):

@@ -74,6 +74,7 @@ def evaluate(
     weights: Literal["ema", "online"] | None = None,
     bootstraps: int = 100,
     swapped: bool = False,
+    ctx_s: float | None = None,
     out: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Generate from held-out conditions in each mode and score the clips; print a table and write JSON.
@@ -107,12 +108,15 @@ def evaluate(
             ``<mode>, another clip's transcript``, after the reference row ``real, another clip's transcript``):
             ``*_timing_r`` against the transcript given, ``*_timing_r_frame_clip`` against the first frame's own clip.
             A model that follows the transcript scores high on the first and near 0 on the second. Twice the time.
+        ctx_s: noise level at which generated chunks are written to the KV cache; default: the model's own, the level
+            its history was trained at (``SamplerConfig.ctx_s``).
         out: path of the JSON report (optional).
     """
     module = load_module(ckpt)
     if weights == "ema" and module.ema is None:
         raise ValueError(f"--weights ema: {ckpt} has no EMA weights (trained with ema_decay: null); use --weights online")
     weights = weights or ("ema" if module.ema is not None else "online")
+    written_at = module.history_level(SamplerConfig(ctx_s=ctx_s))  # checks a given level
     index = read_index(data)
     held_out = index["splits"].get("val", {}).get("clips", 0)
     if held_out < 2 * num_clips:
@@ -128,14 +132,15 @@ def evaluate(
     conditions = take_windows(datamodule.val_dataloader(), num_clips)
     scorer = Scorer(module.spec, module.seq.modalities, syncnet_weights=syncnet, pretrained=pretrained, bootstraps=bootstraps)
     scorer.check_length(conditions)
-    print(f"scoring the reference rows: {num_clips} held-out clips of {window_chunks} chunks", flush=True)
+    print(f"scoring the reference rows: {num_clips} held-out clips of {window_chunks} chunks; generated chunks are "
+          f"written to the cache at noise level {written_at:g}", flush=True)
     rows = reference_rows(scorer, conditions, take_windows(datamodule.val_dataloader(), num_clips, skip=num_clips))
     other = swap_transcripts(conditions) if swapped else None
     if other is not None:
         rows["real, another clip's transcript"] = scorer.score_swapped({m: getattr(conditions, m) for m in module.seq.modalities}, other, conditions)
     with torch.no_grad():
         for mode in modes:
-            sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift, cfg_above), seed=seed, use_ema=weights == "ema")
+            sampler = dataclasses.replace(parse_mode(mode, cfg_scale, shift, cfg_above), seed=seed, use_ema=weights == "ema", ctx_s=written_at)
             start = time.perf_counter()
             media = module.generate(conditions, sampler=sampler, progress=f"{mode}: {num_clips} clips")
             seconds = time.perf_counter() - start
@@ -148,7 +153,7 @@ def evaluate(
     if out is not None:
         report = {
             "ckpt": ckpt, "data": data, "num_clips": num_clips, "window_chunks": window_chunks, "seed": seed, "weights": weights,
-            "swapped": swapped,
+            "swapped": swapped, "ctx_s": written_at,
         }
         Path(out).write_text(json.dumps(report | {"rows": rows}, indent=1))
         print(f"report: {out}")

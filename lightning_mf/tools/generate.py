@@ -103,9 +103,8 @@ def generate(
     if has_video and first_frame is None:
         raise ValueError(f"--first-frame is required: the model has a video tower ({'+'.join(seq.modalities)})")
     span = text_span if text_span is not None else _training_chunks(ckpt) * spec.chunk_seconds
-    # The tool's window and seed; the model's own ctx_s (Mutual Forcing writes its rollout to the cache at that level).
-    ctx_s = float(getattr(module, "ctx_s", sampler.ctx_s))
-    sampler = dataclasses.replace(sampler, window=window, seed=seed, ctx_s=ctx_s)
+    # The tool's window and seed; the cache is written at the model's own level (FlowModule.history_level).
+    sampler = dataclasses.replace(sampler, window=window, seed=seed)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = module.to(device).eval()

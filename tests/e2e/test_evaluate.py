@@ -62,6 +62,8 @@ def test_evaluate_names_bad_arguments(tiny_shards: Path, tmp_path: Path) -> None
     ckpt = _checkpoint(tmp_path / "joint.ckpt")
     with pytest.raises(ValueError, match=r"holds 4 held-out clips; --num_clips 3 needs 6 .* lower --num_clips to 2 or write"):
         run(["evaluate", "--ckpt", str(ckpt), "--data", str(tiny_shards), "--num-clips", "3"])  # before any generation
+    with pytest.raises(ValueError, match=r"ctx_s is a noise level in \[0, 1\) .*got 1.5"):
+        run(["evaluate", "--ckpt", str(ckpt), "--data", str(tiny_shards), "--num-clips", "2", "--ctx_s", "1.5"])
     for bad in ("few4heun", "multi", "dmd4"):
         with pytest.raises(ValueError, match=f"unknown mode '{bad}'"):
             parse_mode(bad, 3.0, 3.0)
@@ -102,3 +104,17 @@ def test_modes_parse_to_samplers_with_their_nfe() -> None:
     for bad in ("few4jump0.3", "multi50jump", "multi50jump1.5", "multi50jump0.3heun"):
         with pytest.raises(ValueError, match=rf"unknown mode '{bad}'; use multi<steps>\[heun\]\[jump<level>\] or few<jumps>"):
             parse_mode(bad, 3.0, 3.0)
+
+
+@pytest.mark.slow  # three evaluations: 15 s
+def test_evaluate_writes_the_history_at_the_models_context_level_unless_told(tiny_shards: Path, tmp_path: Path) -> None:
+    """A model trained on a noised history (its ``ctx_s``) is evaluated on one: the default is its level,
+    ``--ctx_s`` overrides it, and the report says which was used."""
+    args = ["--data", str(tiny_shards), "--modes", "[multi2]", "--num-clips", "2", "--window-chunks", "3"]
+    ckpt = str(_checkpoint(tmp_path / "joint.ckpt", ctx_s=0.4))
+    runs = {}
+    for name, extra in (("default", []), ("given", ["--ctx_s", "0.4"]), ("clean", ["--ctx_s", "0"])):
+        rows = run(["evaluate", "--ckpt", ckpt, *args, *extra, "--out", str(tmp_path / f"{name}.json")])
+        runs[name] = {k: v for k, v in rows["multi2"].items() if k != "generate_seconds"}
+        assert json.loads((tmp_path / f"{name}.json").read_text())["ctx_s"] == (0.0 if name == "clean" else 0.4)
+    assert runs["default"] == runs["given"] != runs["clean"]  # chunks 2-3 see another history

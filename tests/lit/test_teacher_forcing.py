@@ -234,6 +234,44 @@ def test_the_sampler_jumps_to_data_from_its_jump_level_in_generation(tiny_shards
         SamplerConfig(mode="few", steps=4, jump_from=0.5)
 
 
+def test_generation_writes_the_history_at_the_models_context_level_unless_the_sampler_names_one(tiny_shards: Path, tmp_path: Path) -> None:
+    """A sampler without ``ctx_s`` (what ``evaluate`` and ``generate`` build from a mode string) writes each chunk to
+    the cache at the model's ``ctx_s``, the level its history was trained at, which its checkpoint keeps; a sampler's
+    own level, 0 included, wins. The first-frame prefix is always written clean."""
+    from lightning_mf.lit import MutualForcing
+    from lightning_mf.lit.base import SamplerConfig
+    from lightning_mf.tools.evaluate import load_module, parse_mode
+
+    batch = _batch(tiny_shards, batch_size=1, window_chunks=2)
+
+    def written_levels(model, sampler) -> list[float]:
+        writes = []
+        hook = model.net.register_forward_hook(
+            lambda module, args, kwargs, out: writes.append(float(args[0]["video"].s[0, 0])) if kwargs.get("write") else None,
+            with_kwargs=True,
+        )
+        model.eval().generate(batch, num_chunks=2, sampler=sampler)
+        hook.remove()
+        return writes
+
+    joint = JointTraining(tower=TINY_TOWER, ema_decay=None, ctx_s=0.2)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(joint)
+    trainer.save_checkpoint(tmp_path / "joint.ckpt")
+    joint = load_module(str(tmp_path / "joint.ckpt"))
+    multi = parse_mode("multi2", cfg_scale=1.0, shift=3.0)
+    assert multi.ctx_s is None and joint.ctx_s == 0.2
+    assert written_levels(joint, multi) == pytest.approx([0.0, 0.2, 0.2])  # prefix, chunks 1 and 2
+    assert written_levels(joint, SamplerConfig(steps=2, cfg_scale=1.0, ctx_s=0.0)) == [0.0, 0.0, 0.0]
+    assert written_levels(JointTraining(tower=TINY_TOWER, ema_decay=None), multi) == [0.0, 0.0, 0.0]  # by default: clean
+    stage3 = MutualForcing(tower=TINY_TOWER, ema_decay=None, ctx_s=0.3)  # its rollouts are written at 0.3 too
+    assert written_levels(stage3, parse_mode("few2", cfg_scale=1.0, shift=3.0)) == pytest.approx([0.0, 0.3, 0.3])
+    with pytest.raises(ValueError, match="ctx_s is a noise level in"):
+        SamplerConfig(ctx_s=1.0)
+    with pytest.raises(ValueError, match="model.ctx_s is a noise level"):
+        JointTraining(tower=TINY_TOWER, ctx_s=-0.1)
+
+
 def test_delayed_history_rows_see_their_clip_late_and_keep_their_real_targets(tiny_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lightning_mf.lit.teacher_forcing as tf
 
