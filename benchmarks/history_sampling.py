@@ -1,6 +1,6 @@
 """Does a video model follow the transcript, and on which history? Multi 50 sampled on three histories.
 
-    python benchmarks/history_sampling.py CKPT [CKPT ...] --data data/reference --clips 16 [--cfg 1] [--ctx-s 0]
+    python benchmarks/history_sampling.py CKPT [CKPT ...] --data data/reference --clips 16 [--cfg 1] [--ctx-s S]
         [--real-chunks 2] [--png F]
 
 For each checkpoint, every chunk of ``--clips`` whole held-out clips is sampled (Multi mode, 50 Euler steps at shift
@@ -9,8 +9,9 @@ For each checkpoint, every chunk of ``--clips`` whole held-out clips is sampled 
 - ``real``: the real clip's earlier chunks (teacher-forced sampling: what training conditions on);
 - ``still``: the first frame repeated (a history whose mouth never moves);
 - ``own``: the model's own earlier chunks, streamed with the KV cache (what ``lightning-mf evaluate`` scores), the
-  cache written at ``--ctx-s``. ``--real-chunks 2`` streams it the same way except that the listed chunks (1-based)
-  enter the history as the real clip's: an oracle that tells whether one bad chunk derails the rest of the stream.
+  cache written at ``--ctx-s`` (default: the model's ``ctx_s``). ``--real-chunks 2`` streams it the same way except
+  that the listed chunks (1-based) enter the history as the real clip's: an oracle that tells whether one bad chunk
+  derails the rest of the stream.
 
 It prints the oracle's mouth r against the clip's own transcript, the mouth motion (the opening's std over time, px;
 real clips ~1.5) and the mean |frame - real frame| (0-255 levels), over the chunks after the last real one (all of
@@ -64,7 +65,7 @@ def scores(video: torch.Tensor, clips, per_chunk: int, first_chunk: int = 1) -> 
 
 
 @torch.no_grad()
-def sample_on(module, clips, history: str, cfg: float, ctx_s: float, seed: int = 0, real_chunks: tuple[int, ...] = ()) -> torch.Tensor:
+def sample_on(module, clips, history: str, cfg: float, ctx_s: float | None, seed: int = 0, real_chunks: tuple[int, ...] = ()) -> torch.Tensor:
     """Frames (B, T, 3, H, W) uint8 of every chunk sampled on ``history`` (see the module doc); on the own history,
     ``real_chunks`` (1-based) enter the history as the real clip's, and the frames there are still the model's."""
     sampler = SamplerConfig(cfg_scale=cfg, ctx_s=ctx_s, seed=seed)
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/tiny")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--cfg", type=float, default=1.0)
-    parser.add_argument("--ctx-s", type=float, default=0.0, help="level the own history is written to the cache at")
+    parser.add_argument("--ctx-s", type=float, default=None, help="level the own history is written to the cache at (default: the model's ctx_s)")
     parser.add_argument("--histories", default=",".join(HISTORIES))
     parser.add_argument("--real-chunks", default="", help="chunks (1-based, comma-separated) the own history takes from the real clip")
     parser.add_argument("--png", default=None, help="frames of the first two clips: real, then one row per history")
@@ -134,7 +135,7 @@ def main() -> None:
             videos[history] = sample_on(module, clips, history, args.cfg, args.ctx_s, real_chunks=oracle)
             first = max(oracle) + 1 if oracle else 1
             name = f"own, real chunks {','.join(map(str, oracle))}" if oracle else history
-            row = {"ckpt": ckpt, "history": name, "cfg": args.cfg, "ctx_s": args.ctx_s} | scores(videos[history], clips, module.spec.frames_per_chunk, first)
+            row = {"ckpt": ckpt, "history": name, "cfg": args.cfg, "ctx_s": module.history_level(SamplerConfig(ctx_s=args.ctx_s))} | scores(videos[history], clips, module.spec.frames_per_chunk, first)
             rows.append(row)
             print(json.dumps(row), flush=True)
         if args.png and ckpt == args.ckpts[0]:

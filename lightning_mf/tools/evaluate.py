@@ -109,7 +109,7 @@ def evaluate(
             ``*_timing_r`` against the transcript given, ``*_timing_r_frame_clip`` against the first frame's own clip.
             A model that follows the transcript scores high on the first and near 0 on the second. Twice the time.
         ctx_s: noise level at which generated chunks are written to the KV cache; default: the model's own, the level
-            its history was trained at (``SamplerConfig.ctx_s``).
+            its history was trained at (its ``ctx_s`` option).
         out: path of the JSON report (optional).
     """
     module = load_module(ckpt)
