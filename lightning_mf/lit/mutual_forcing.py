@@ -209,6 +209,8 @@ class MutualForcing(TeacherForcing):
         """Start every network from ``init_ckpt`` on a fresh fit (a resumed fit restores them all), with the step-size
         path made inert again (:meth:`~lightning_mf.models.Tower.reset_step_size`: stages 1-2 train it as a constant
         at ``d = 0``), so Few mode starts as an Euler jump of Multi mode and Multi mode is the checkpoint's."""
+        if stage == "fit":
+            self.warn_if_history_level_untrained()
         resuming = self._trainer is not None and self._trainer.ckpt_path is not None
         if stage == "fit" and self.init_ckpt is not None and not resuming:
             self.net.load_state_dict(self.read_net(self.init_ckpt, "model.init_args.init_ckpt", self.seq.modalities))
@@ -217,6 +219,10 @@ class MutualForcing(TeacherForcing):
             for net in (self.ema, self.fake, self.teacher):
                 if isinstance(net, AVTransformer):  # a LowRankDelta fake score follows self.net by itself
                     net.load_state_dict(self.net.state_dict())
+
+    @property
+    def trains_on_written_history(self) -> bool:
+        return self.history_source == "rollout"
 
     def networks(self) -> list[nn.Module]:
         if isinstance(self.fake, LowRankDelta):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_mf.batch import AVBatch
@@ -71,8 +72,23 @@ class TeacherForcing(FlowModule):
         if unknown:
             raise ValueError(f"model.init_towers names {sorted(unknown)}, but the model's towers are {list(self.seq.modalities)}")
 
+    # Stage 3 with rollouts trains on the history it writes (at ctx_s); teacher forcing only on the noise it draws.
+    trains_on_written_history = False
+
+    def warn_if_history_level_untrained(self) -> None:
+        """A model that streams with its chunks noised to ``ctx_s`` must have trained on such a history: written into
+        a model trained on clean ones, a history at 0.1 took stage 2's drift from 11 to 39 (docs/benchmarks.md)."""
+        if self.ctx_s > self.noise.context_noise and not self.trains_on_written_history:
+            rank_zero_warn(
+                f"model.ctx_s={self.ctx_s:g} writes generated chunks to the cache at a noise level this training never "
+                f"gives its history (noise.context_noise={self.noise.context_noise:g}); raise context_noise to at least "
+                "ctx_s, or lower ctx_s"
+            )
+
     def setup(self, stage: str) -> None:
         """Load stage-1 towers when a fresh fit starts (not on resume: the checkpoint has them)."""
+        if stage == "fit":
+            self.warn_if_history_level_untrained()
         resuming = self._trainer is not None and self._trainer.ckpt_path is not None
         if stage == "fit" and self.init_towers and not resuming:
             for modality, path in self.init_towers.items():

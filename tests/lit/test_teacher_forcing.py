@@ -272,6 +272,27 @@ def test_generation_writes_the_history_at_the_models_context_level_unless_the_sa
         JointTraining(tower=TINY_TOWER, ctx_s=-0.1)
 
 
+def test_a_fit_warns_when_the_history_level_was_never_trained() -> None:
+    """Streaming at ``ctx_s`` needs a training history noised that much: teacher forcing gets it from
+    ``noise.context_noise``, stage 3's rollouts from writing their own history at ``ctx_s``."""
+    import warnings
+
+    from lightning_mf.lit import MutualForcing
+    from lightning_mf.objectives.flow_matching import NoiseSchedule
+
+    def warns(model) -> bool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.setup("fit")
+        return any("never gives its history" in str(w.message) for w in caught)
+
+    assert warns(JointTraining(tower=TINY_TOWER, ctx_s=0.3))
+    assert not warns(JointTraining(tower=TINY_TOWER, ctx_s=0.3, noise=NoiseSchedule(context_noise=0.5)))
+    assert not warns(JointTraining(tower=TINY_TOWER))
+    assert not warns(MutualForcing(tower=TINY_TOWER, ctx_s=0.3))  # its rollouts are written at 0.3 and trained on
+    assert warns(MutualForcing(tower=TINY_TOWER, ctx_s=0.3, history="real"))
+
+
 def test_delayed_history_rows_see_their_clip_late_and_keep_their_real_targets(tiny_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lightning_mf.lit.teacher_forcing as tf
 
